@@ -1,0 +1,21 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/ganseg: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and exactly pinned: the CPU wheel on disk (a looser pin pulls GBs of CUDA wheels)
+	$(BIN)/pip install -q torch==2.13.0 "numpy<2"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/ganseg
+
+venv: $(BIN)/ganseg
+
+demo: venv
+	$(BIN)/ganseg sample --seeds 0-15 --truncation 0.7 --out runs/demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+.PHONY: venv demo test

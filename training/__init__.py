@@ -1,0 +1,1 @@
+"""Training stages (installed as ganseg.training): GAN, few-shot heads, distilled UNet."""

@@ -1,0 +1,314 @@
+"""StyleGAN2 training: non-saturating loss, lazy R1, EMA generator, style mixing, optional
+DiffAugment, bf16 autocast on CUDA. Same code on CPU and CUDA; resumable bit-for-bit.
+
+Every step draws its randomness from `torch.manual_seed(seed + step)`, so a run resumed from a
+checkpoint continues exactly as if it had never stopped (no RNG state to carry around).
+Path-length regularization is left out: it mostly improves latent-space smoothness, which the
+segmentation pipeline does not need, and costs ~30% per step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ganseg.checkpoints import save_generator
+from ganseg.images import from_uint8, make_grid, save_png, to_uint8
+from ganseg.stylegan2 import Discriminator, Generator, GeneratorConfig
+
+
+@dataclass
+class TrainGANConfig:
+    resolution: int = 64
+    channels: list[int] = field(default_factory=lambda: [256, 256, 256, 128, 64])
+    z_dim: int = 256
+    w_dim: int = 256
+    mapping_layers: int = 4
+    batch: int = 16
+    lr: float = 0.0025
+    r1_gamma: float | None = None   # None = NVlabs heuristic 0.0002 * res^2 / batch
+    r1_every: int = 16
+    ema_kimg: float | None = None   # None = batch * 10 / 32 (NVlabs)
+    mixing_prob: float = 0.9
+    augment: str = "diffaug"        # "diffaug" (color, translation, cutout) or "none"
+    n_images: int = 20000           # size of the rendered training set (procedural domain)
+    data: str | None = None         # folder of images instead of the procedural domain
+    seed: int = 0
+
+    def gen_config(self) -> GeneratorConfig:
+        return GeneratorConfig(resolution=self.resolution, z_dim=self.z_dim, w_dim=self.w_dim,
+                               mapping_layers=self.mapping_layers, channels=list(self.channels))
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+def load_training_images(cfg: TrainGANConfig, cache: Path | None = None) -> torch.Tensor:
+    """uint8 [N, H, W, 3]: the procedural train split (rendered once, cached) or a folder."""
+    if cfg.data:
+        from ganseg.images import load_rgb
+
+        files = sorted(p for p in Path(cfg.data).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
+                       and not p.stem.endswith("_mask"))
+        if not files:
+            raise FileNotFoundError(f"no .png/.jpg images in {cfg.data}")
+        return torch.from_numpy(np.stack([load_rgb(f, cfg.resolution) for f in tqdm(files, desc="load")]))
+    if cache is not None and cache.is_file():
+        arr = np.load(cache)
+        if arr.shape == (cfg.n_images, cfg.resolution, cfg.resolution, 3):
+            return torch.from_numpy(arr)
+    from ganseg.faces import render_faces, split_seeds
+
+    seeds = split_seeds("train", cfg.n_images)
+    chunks = []
+    for i in tqdm(range(0, len(seeds), 256), desc="render train set", unit="x256"):
+        chunks.append(render_faces(seeds[i: i + 256], resolution=max(cfg.resolution, 64))[0])
+    images = np.concatenate(chunks)
+    if images.shape[1] != cfg.resolution:  # the renderer starts at 64²; area-downsample below that
+        t = F.avg_pool2d(torch.from_numpy(images).permute(0, 3, 1, 2).float(), images.shape[1] // cfg.resolution)
+        images = t.round().byte().permute(0, 2, 3, 1).numpy()
+    if cache is not None:
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, images)
+        os.replace(tmp, cache)
+    return torch.from_numpy(images)
+
+
+# --------------------------------------------------------------------------------------------
+# DiffAugment (Zhao et al. 2020): differentiable, applied to real and fake alike
+
+def diff_augment(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    dev = x.device
+    # colour: brightness, saturation, contrast
+    x = x + (torch.rand(n, 1, 1, 1, device=dev) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=dev) * 2) + mean
+    mean = x.mean(dim=[1, 2, 3], keepdim=True)
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=dev) + 0.5) + mean
+    # translation by up to 1/8 of the image, zero padded
+    h, w = x.shape[2:]
+    shift = (torch.randint(-(h // 8), h // 8 + 1, (n, 2), device=dev).float() * 2 / torch.tensor([w, h], device=dev))
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    # cutout: one square of half the size per image
+    cy = torch.randint(0, h, (n, 1, 1), device=dev)
+    cx = torch.randint(0, w, (n, 1, 1), device=dev)
+    yy = torch.arange(h, device=dev)[None, :, None]
+    xx = torch.arange(w, device=dev)[None, None, :]
+    mask = ((yy - cy).abs() >= h // 4) | ((xx - cx).abs() >= w // 4)
+    return x * mask[:, None].to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+class GANTrainer:
+    def __init__(self, cfg: TrainGANConfig, out: Path, device: str = "cpu"):
+        self.cfg, self.out, self.device = cfg, out, torch.device(device)
+        torch.manual_seed(cfg.seed)
+        gcfg = cfg.gen_config()
+        self.G = Generator(gcfg).to(self.device)
+        self.D = Discriminator(cfg.resolution, cfg.channels).to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        # lazy R1: D's Adam hyper-parameters are corrected for the skipped steps (NVlabs)
+        c = cfg.r1_every / (cfg.r1_every + 1)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * c, betas=(0.0, 0.99**c), eps=1e-8)
+        self.step = 0
+        self.images_seen = 0
+        self.wall_seconds = 0.0
+        self.r1_gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * cfg.resolution**2 / cfg.batch
+        ema_kimg = cfg.ema_kimg if cfg.ema_kimg is not None else cfg.batch * 10 / 32
+        self.ema_beta = 0.5 ** (cfg.batch / max(ema_kimg * 1000, 1e-8))
+        self.amp = self.device.type == "cuda"
+        self.fixed_z = torch.randn(16, cfg.z_dim, generator=torch.Generator().manual_seed(123)).to(self.device)
+
+    # ---- checkpoints
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save(self) -> None:
+        state = {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "step": self.step,
+                 "images_seen": self.images_seen, "wall_seconds": self.wall_seconds,
+                 "config": json.dumps(asdict(self.cfg))}
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.out, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)
+        save_generator(self.G_ema, self.out / "generator.safetensors",
+                       extra_metadata={"step": str(self.step), "images_seen": str(self.images_seen)})
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = json.loads(state["config"])
+        mine = asdict(self.cfg)
+        arch = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers")
+        if any(saved[k] != mine[k] for k in arch):
+            raise ValueError(f"{path}: checkpoint architecture {[saved[k] for k in arch]} differs from "
+                             f"the requested {[mine[k] for k in arch]}")
+        for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
+            getattr(self, name).load_state_dict(state[name])
+        self.step, self.images_seen = state["step"], state["images_seen"]
+        self.wall_seconds = state["wall_seconds"]
+
+    # ---- one step
+    def sample_ws(self, n: int) -> torch.Tensor:
+        G, cfg = self.G, self.cfg
+        ws = G.mapping(torch.randn(n, cfg.z_dim, device=self.device))[:, None].repeat(1, G.num_ws, 1)
+        if cfg.mixing_prob > 0:
+            ws2 = G.mapping(torch.randn(n, cfg.z_dim, device=self.device))
+            cut = torch.randint(1, G.num_ws, (n, 1), device=self.device)
+            cut = torch.where(torch.rand(n, 1, device=self.device) < cfg.mixing_prob, cut,
+                              torch.full_like(cut, G.num_ws))
+            mix = torch.arange(G.num_ws, device=self.device)[None] >= cut  # [n, num_ws]
+            ws = torch.where(mix[:, :, None], ws2[:, None], ws)
+        return ws
+
+    def D_logits(self, img: torch.Tensor) -> torch.Tensor:
+        if self.cfg.augment == "diffaug":
+            img = diff_augment(img)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.D(img).float()
+
+    def train_step(self, images: torch.Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step)
+        idx = torch.randint(0, images.shape[0], (cfg.batch,))
+        real = from_uint8(images[idx].numpy()).to(self.device)
+        logs = {}
+
+        # G: non-saturating loss
+        self.G.requires_grad_(True), self.D.requires_grad_(False)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            fake = self.G.synthesis(self.sample_ws(cfg.batch), noise_mode="random")[0].float()
+        loss_G = F.softplus(-self.D_logits(fake)).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.opt_G.step()
+        logs["G"] = loss_G.item()
+
+        # D: logistic loss (+ lazy R1 on reals)
+        self.G.requires_grad_(False), self.D.requires_grad_(True)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            fake = self.G.synthesis(self.sample_ws(cfg.batch), noise_mode="random")[0].float()
+        loss_D = F.softplus(self.D_logits(fake)).mean() + F.softplus(-self.D_logits(real)).mean()
+        if self.step % cfg.r1_every == 0:
+            real_r1 = real.detach().requires_grad_(True)
+            logits = self.D(diff_augment(real_r1) if cfg.augment == "diffaug" else real_r1)
+            (grad,) = torch.autograd.grad(logits.sum(), real_r1, create_graph=True)
+            r1 = grad.square().sum(dim=[1, 2, 3]).mean()
+            loss_D = loss_D + r1 * (self.r1_gamma / 2) * cfg.r1_every
+            logs["r1"] = r1.item()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self.opt_D.step()
+        logs["D"] = loss_D.item()
+
+        # w_avg (the truncation centre) and EMA
+        with torch.no_grad():
+            w = self.G.mapping(torch.randn(cfg.batch, cfg.z_dim, device=self.device))
+            self.G.mapping.w_avg.copy_(w.mean(0).lerp(self.G.mapping.w_avg, 0.995))
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.lerp_(p, 1 - self.ema_beta)
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+        self.step += 1
+        self.images_seen += cfg.batch
+        return logs
+
+    def sample_grid(self) -> Path:
+        with torch.no_grad():
+            img = self.G_ema.synthesize(z=self.fixed_z, truncation_psi=1.0, noise_mode="const")
+        path = self.out / "samples" / f"step{self.step:07d}.png"
+        save_png(path, make_grid(to_uint8(img), ncols=4))
+        return path
+
+    def train(self, images: torch.Tensor, steps: int, minutes: float | None = None,
+              ckpt_every: int = 500, sample_every: int = 1000) -> None:
+        """Train until `steps` total steps or `minutes` of wall time, checkpointing as it goes."""
+        t_start = time.time()
+        t_last = t_start
+        with tqdm(total=steps, initial=self.step, desc="train-gan", unit="step") as bar:
+            while self.step < steps:
+                logs = self.train_step(images)
+                bar.update(1)
+                if self.step % 10 == 0:
+                    bar.set_postfix(G=f"{logs['G']:.3f}", D=f"{logs['D']:.3f}",
+                                    kimg=f"{self.images_seen / 1000:.1f}")
+                out_of_time = minutes is not None and time.time() - t_start > minutes * 60
+                if self.step % ckpt_every == 0 or self.step == steps or out_of_time:
+                    now = time.time()
+                    self.wall_seconds += now - t_last
+                    t_last = now
+                    self.save()
+                if self.step % sample_every == 0 or self.step == steps or out_of_time:
+                    self.sample_grid()
+                if out_of_time:
+                    break
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: ganseg train-gan
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainGANConfig()
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.safetensors, samples/)")
+    p.add_argument("--res", type=int, default=d.resolution)
+    p.add_argument("--channels", default=",".join(map(str, d.channels)),
+                   help="widths per resolution from 4x4 up, comma separated")
+    p.add_argument("--z-dim", type=int, default=d.z_dim)
+    p.add_argument("--mapping-layers", type=int, default=d.mapping_layers)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--augment", choices=["diffaug", "none"], default=d.augment)
+    p.add_argument("--n-images", type=int, default=d.n_images, help="procedural training images")
+    p.add_argument("--data", default=None, help="train on a folder of images instead")
+    p.add_argument("--steps", type=int, default=100_000, help="total steps (resume continues the count)")
+    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=1000)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainGANConfig:
+    channels = [int(c) for c in args.channels.split(",")]
+    return TrainGANConfig(resolution=args.res, channels=channels, z_dim=args.z_dim, w_dim=args.z_dim,
+                          mapping_layers=args.mapping_layers, batch=args.batch, lr=args.lr,
+                          augment=args.augment, n_images=args.n_images, data=args.data, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    trainer = GANTrainer(cfg, out, args.device)
+    if args.resume:
+        if not trainer.ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {trainer.ckpt_path}")
+        trainer.load(trainer.ckpt_path)
+        print(f"resumed at step {trainer.step} ({trainer.images_seen / 1000:.1f} kimg)")
+    out.mkdir(parents=True, exist_ok=True)
+    images = load_training_images(cfg, cache=None if cfg.data else out / f"train_{cfg.resolution}.npy")
+    trainer.train(images, args.steps, args.minutes, args.ckpt_every, args.sample_every)
+    print(f"step {trainer.step}, {trainer.images_seen / 1000:.1f} kimg, {trainer.wall_seconds / 60:.1f} min; "
+          f"generator: {out / 'generator.safetensors'}")
+    return 0

@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -60,7 +59,7 @@ def read_generator_state(path: Path) -> tuple[GeneratorConfig, dict[str, torch.T
         raise CheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes)")
     if _looks_like_safetensors(path, head):
         return _read_ganseg(path)
-    if zipfile.is_zipfile(path):
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip container (possibly truncated)
         return _from_torch_file(path)
     if head[:1] == b"\x80":  # a raw pickle stream: NVlabs network pickle (or legacy torch.save)
         return _from_nvlabs_pickle(path)

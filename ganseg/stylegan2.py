@@ -10,7 +10,7 @@ Conventions (shared by the rosinality and NVlabs implementations, whose checkpoi
   layer's lr multiplier) at run time.
 - A synthesis conv computes modulate -> conv (transposed conv + [1,3,3,1] blur when it doubles the
   resolution) -> demodulate -> + noise * strength -> + bias -> leaky ReLU(0.2) * sqrt(2)
-  -> optional clamp(+-conv_clamp * sqrt(2)). Its *feature* is that final tensor: the input the next
+  -> optional clamp(+-conv_clamp). Its *feature* is that final tensor: the input the next
   layer consumes.
 - ToRGB is a 1x1 modulated conv without demodulation; images accumulate through the skip path
   (upsample the running RGB image, add this resolution's ToRGB output). The image is the raw float
@@ -208,7 +208,7 @@ class StyledConv(nn.Module):
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.resolution = resolution
-        self.clamp = conv_clamp * LRELU_GAIN if conv_clamp is not None else None
+        self.clamp = conv_clamp  # NVlabs clamps the post-gain activation to +-conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode,
                 blur: torch.Tensor | None = None) -> torch.Tensor:

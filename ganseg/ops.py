@@ -1,0 +1,85 @@
+"""The fused feature op: project each generator layer at its own resolution, resample, accumulate.
+
+ReGAN's pixel representation is concat_l resize(F_l, S): 5056 channels for a 1024² generator,
+5.3 GB per image at 512² if built. Every head's first layer is a 1x1 conv W over that stack, and
+both resize modes used (bilinear up, area down) are linear and act per channel, so
+
+    W · concat_l resize(F_l, S) + b  ==  Σ_l resize(W_l · F_l, S) + b
+
+where W_l is W's column block for layer l. The right side never holds more than the K-channel
+output plus one projected layer. Autograd through it is just as lean: interpolation's backward
+needs no saved input, and the 1x1 conv's backward needs F_l, which the generator produced anyway.
+
+`resample_accumulate` is the fused op; `resample_accumulate_reference` builds the stack (same
+signature) and is the parity reference for it and for the CUDA kernel that replaces it on GPU.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def resize(x: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
+    """ReGAN's resize: bilinear up for smaller maps, area down for larger, identity when equal."""
+    r = x.shape[-1]
+    if r == size:
+        return x
+    if r < size:
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=align_corners)
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def split_weight(weight: torch.Tensor, channels: Sequence[int]) -> list[torch.Tensor]:
+    """[K, sum(C_l)] (or a 1x1 conv weight) -> per-layer blocks [K, C_l]."""
+    w = weight.reshape(weight.shape[0], -1)
+    if w.shape[1] != sum(channels):
+        raise ValueError(f"weight has {w.shape[1]} input channels, features have {sum(channels)}")
+    return list(torch.split(w, list(channels), dim=1))
+
+
+def _check(feats: Sequence[torch.Tensor]) -> None:
+    if not feats:
+        raise ValueError("no feature maps given")
+    n = feats[0].shape[0]
+    for i, f in enumerate(feats):
+        if f.ndim != 4 or f.shape[0] != n or f.shape[2] != f.shape[3]:
+            raise ValueError(f"feature {i} must be [N, C, R, R] with N={n}, got {list(f.shape)}")
+
+
+def resample_accumulate(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
+                        size: int, align_corners: bool = False) -> torch.Tensor:
+    """Σ_l resize(W_l · F_l, size) + b, never materializing the channel stack.
+
+    feats: per-layer maps [N, C_l, R_l, R_l]; weight [K, ΣC_l] (or [K, ΣC_l, 1, 1]); bias [K].
+    Returns [N, K, size, size].
+    """
+    _check(feats)
+    blocks = split_weight(weight, [f.shape[1] for f in feats])
+    out = None
+    for f, w in zip(feats, blocks):
+        # project first where the map is small (cheaper), resize first where it is large
+        if f.shape[-1] <= size:
+            y = resize(torch.einsum("kc,nchw->nkhw", w.to(f.dtype), f), size, align_corners)
+        else:
+            y = torch.einsum("kc,nchw->nkhw", w.to(f.dtype), resize(f, size, align_corners))
+        out = y if out is None else out + y
+    return out if bias is None else out + bias.to(out.dtype)[None, :, None, None]
+
+
+def materialize(feats: Sequence[torch.Tensor], size: int, align_corners: bool = False) -> torch.Tensor:
+    """concat_l resize(F_l, size): the [N, ΣC_l, S, S] stack (what the fused op avoids)."""
+    _check(feats)
+    return torch.cat([resize(f, size, align_corners) for f in feats], dim=1)
+
+
+def resample_accumulate_reference(feats: Sequence[torch.Tensor], weight: torch.Tensor,
+                                  bias: torch.Tensor | None, size: int,
+                                  align_corners: bool = False) -> torch.Tensor:
+    """Materialized reference with the same signature as `resample_accumulate`."""
+    stack = materialize(feats, size, align_corners)
+    w = weight.reshape(weight.shape[0], -1)
+    if w.shape[1] != stack.shape[1]:
+        raise ValueError(f"weight has {w.shape[1]} input channels, features have {stack.shape[1]}")
+    return F.conv2d(stack, w[:, :, None, None].to(stack.dtype), bias)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ganseg.ops import resample_accumulate

@@ -14,6 +14,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("ganseg.sample", "sample images, a grid and latents from a generator"),
     "render": ("ganseg.render", "render procedural face portraits with exact part masks"),
     "train-gan": ("ganseg.training.train_gan", "train a StyleGAN2 generator (resumable)"),
+    "gan-quality": ("ganseg.quality", "offline GAN quality figures (probe Frechet distance, parts found)"),
+    "invert": ("ganseg.invert", "invert real images into the GAN (W / W+ latent optimization)"),
+    "train-head": ("ganseg.training.train_head", "train a few-shot segmentation head on annotated shots"),
+    "segment": ("ganseg.segment", "segment real images (inversion + few-shot head)"),
+    "eval": ("ganseg.evaluate", "1/5/10-shot mIoU table on the held-out rendered test split"),
 }
 
 

@@ -70,3 +70,10 @@ def load_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8).copy()
     except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+
+def overlay(images: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Colour-coded label maps blended over uint8 NHWC images (class 0 = background left clear)."""
+    colour = palette[labels].astype(np.float32)
+    a = np.where(labels[..., None] > 0, alpha, 0.0)
+    return (images.astype(np.float32) * (1 - a) + colour * a).round().astype(np.uint8)

@@ -79,9 +79,12 @@ def save_latents(path: Path, seeds: list[int], z: torch.Tensor, w: torch.Tensor,
     write_atomic(path, save(tensors, metadata={"info": json.dumps(info)}))
 
 
-def load_latents(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def load_latents(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, info) from a latents file written by `save_latents`."""
+    from safetensors import safe_open
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"latents file not found: {path}")
-    return load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        info = json.loads((f.metadata() or {}).get("info", "{}"))
+        return {k: f.get_tensor(k) for k in f.keys()}, info

@@ -211,9 +211,11 @@ class StyledConv(nn.Module):
         self.clamp = conv_clamp  # NVlabs clamps the post-gain activation to +-conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: NoiseMode,
-                blur: torch.Tensor | None = None) -> torch.Tensor:
+                blur: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         x = self.conv(x, w, blur)
-        if noise_mode == "const":
+        if noise is not None:  # explicit per-image noise [N, 1, R, R] (GAN inversion optimizes it)
+            x = x + noise * self.noise_strength
+        elif noise_mode == "const":
             x = x + self.noise_const * self.noise_strength
         elif noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
@@ -254,18 +256,19 @@ class SynthesisNetwork(nn.Module):
         self.to_rgbs = nn.ModuleList(to_rgbs)
         self.feature_info: list[tuple[str, int, int]] = info
 
-    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "const",
-                return_features: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, ws: torch.Tensor, noise_mode: NoiseMode = "const", return_features: bool = False,
+                noise: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats: list[torch.Tensor] = []
+        nz = list(noise) if noise is not None else [None] * len(self.convs)
         x = self.const[None].expand(ws.shape[0], -1, -1, -1)
-        x = self.convs[0](x, ws[:, 0], noise_mode)
+        x = self.convs[0](x, ws[:, 0], noise_mode, noise=nz[0])
         feats.append(x)
         img = self.to_rgbs[0](x, ws[:, 1])
         li = 1
         for to_rgb in self.to_rgbs[1:]:
-            x = self.convs[li](x, ws[:, li], noise_mode, self.blur_kernel)
+            x = self.convs[li](x, ws[:, li], noise_mode, self.blur_kernel, noise=nz[li])
             feats.append(x)
-            x = self.convs[li + 1](x, ws[:, li + 1], noise_mode)
+            x = self.convs[li + 1](x, ws[:, li + 1], noise_mode, noise=nz[li + 1])
             feats.append(x)
             img = upsample2d(img, self.blur_kernel) + to_rgb(x, ws[:, li + 2])
             li += 2
@@ -311,13 +314,15 @@ class Generator(nn.Module):
 
     def synthesize(self, z: torch.Tensor | None = None, w: torch.Tensor | None = None,
                    truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                   noise_mode: NoiseMode = "const", return_features: bool = False):
+                   noise_mode: NoiseMode = "const", return_features: bool = False,
+                   noise: Sequence[torch.Tensor] | None = None):
         """Generate a batch of images, optionally with every synthesis conv's activation.
 
         Give either `z` [N, z_dim] (mapped, then truncated with `truncation_psi`) or `w`: W [N, w_dim]
         (broadcast to every layer) or W+ [N, num_ws, w_dim] (used as is; no truncation).
         Returns `img` [N, C, R, R] (raw float, not clamped), or `(img, feats)` with
         `return_features=True`, feats[i] [N, C_i, R_i, R_i] as described by `feature_info[i]`.
+        `noise`, if given, is one [N, 1, R_i, R_i] map per conv layer and overrides `noise_mode`.
         """
         if noise_mode not in ("random", "const", "none"):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
@@ -332,7 +337,9 @@ class Generator(nn.Module):
         else:
             raise ValueError(f"w must be [N, {self.w_dim}] or [N, {self.num_ws}, {self.w_dim}], "
                              f"got {list(w.shape)}")
-        img, feats = self.synthesis(ws, noise_mode, return_features)
+        if noise is not None and len(noise) != len(self.synthesis.convs):
+            raise ValueError(f"noise needs one map per conv layer ({len(self.synthesis.convs)}), got {len(noise)}")
+        img, feats = self.synthesis(ws, noise_mode, return_features, noise)
         return (img, feats) if return_features else img
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const") -> torch.Tensor:

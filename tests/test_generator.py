@@ -146,7 +146,8 @@ def test_sample_cli(tmp_path):
                                                       "seed0001.png", "seed0002.png", "seed0007.png"]
     from ganseg.sample import load_latents, z_from_seeds
 
-    lat = load_latents(out / "latents.safetensors")
+    lat, info = load_latents(out / "latents.safetensors")
+    assert info["truncation_psi"] == 0.7 and info["noise_mode"] == "const"
     assert lat["seeds"].tolist() == [0, 1, 2, 7] and lat["w"].shape == (4, G.num_ws, 32)
     torch.testing.assert_close(lat["z"][3], z_from_seeds([7], 32)[0])  # seed -> z is batch-independent
     # the stored w reproduces the saved image

@@ -287,6 +287,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (1 avoids OpenMP spin contention beside other jobs)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainGANConfig:
@@ -297,6 +299,8 @@ def config_from_args(args: argparse.Namespace) -> TrainGANConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     out = Path(args.out)
     trainer = GANTrainer(cfg, out, args.device)

@@ -24,6 +24,8 @@ from ganseg.stylegan2 import Generator, GeneratorConfig, blur_kernel_2d, resolut
 
 GANSEG_FORMAT = "ganseg.stylegan2/1"
 DEFAULT_GENERATOR = Path(__file__).parent / "weights" / "default_generator.safetensors"
+# pickle protocol 2, then LONG1 of torch's legacy magic number 0x1950a86a20f9469cfc6c
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 class CheckpointError(ValueError):
@@ -61,7 +63,9 @@ def read_generator_state(path: Path) -> tuple[GeneratorConfig, dict[str, torch.T
         return _read_ganseg(path)
     if head[:4] == b"PK\x03\x04":  # torch.save's zip container (possibly truncated)
         return _from_torch_file(path)
-    if head[:1] == b"\x80":  # a raw pickle stream: NVlabs network pickle (or legacy torch.save)
+    if head[:14] == LEGACY_TORCH_MAGIC:  # torch.save(..., _use_new_zipfile_serialization=False)
+        return _from_torch_file(path)
+    if head[:1] == b"\x80":  # a raw pickle stream: an NVlabs network pickle
         return _from_nvlabs_pickle(path)
     raise CheckpointError(f"{path}: not a recognised checkpoint (expected a rosinality .pt, an NVlabs "
                           f".pkl or a ganseg .safetensors file)")

@@ -181,8 +181,11 @@ class PersistentModule:
         raise AttributeError(f"{self.__dict__.get('class_name', type(self).__name__)} record has no attribute {name!r}")
 
     def __repr__(self) -> str:
-        n = len(self.state_dict()) if isinstance(self.state, dict) else 0
-        return f"{type(self).__name__}(class_name={self.class_name!r}, tensors={n})"
+        try:
+            n: Any = len(self.state_dict())
+        except (ValueError, AttributeError, TypeError):
+            n = "?"
+        return f"{type(self).__name__}(class_name={self.__dict__.get('class_name')!r}, tensors={n})"
 
 
 def _detached(value: Any, key: str) -> torch.Tensor:

@@ -97,3 +97,12 @@ def test_truncated_fixture_gives_clear_error(tmp_path):
         cut.write_bytes(data[: len(data) // 3])
         with pytest.raises(CheckpointError, match="corrupt or truncated"):
             load_generator(cut)
+
+
+def test_legacy_torch_serialization_loads(tmp_path):
+    ckpt = torch.load(FIX / "rosinality_32.pt", weights_only=False)  # our own fixture: trusted
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy, _use_new_zipfile_serialization=False)
+    ref = load_file(str(FIX / "rosinality_32_ref.safetensors"))
+    G = load_generator(legacy)
+    assert max_err(G.synthesize(z=ref["z"], truncation_psi=0.7), ref["img_psi07"]) <= TOL

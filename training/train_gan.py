@@ -12,6 +12,8 @@ import argparse
 import copy
 import json
 import os
+import signal
+import threading
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -245,6 +247,19 @@ class GANTrainer:
         """Train until `steps` total steps or `minutes` of wall time, checkpointing as it goes."""
         t_start = time.time()
         t_last = t_start
+        stop = {"signal": None}
+        # SIGTERM/SIGINT (a session ending, a job scheduler) finish the step and checkpoint
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, lambda s, f: stop.update(signal=s))
+                        for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._train_loop(images, steps, minutes, ckpt_every, sample_every, stop, t_start, t_last)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+
+    def _train_loop(self, images, steps, minutes, ckpt_every, sample_every, stop, t_start, t_last) -> None:
         with tqdm(total=steps, initial=self.step, desc="train-gan", unit="step") as bar:
             while self.step < steps:
                 logs = self.train_step(images)
@@ -252,7 +267,7 @@ class GANTrainer:
                 if self.step % 10 == 0:
                     bar.set_postfix(G=f"{logs['G']:.3f}", D=f"{logs['D']:.3f}",
                                     kimg=f"{self.images_seen / 1000:.1f}")
-                out_of_time = minutes is not None and time.time() - t_start > minutes * 60
+                out_of_time = (minutes is not None and time.time() - t_start > minutes * 60) or stop["signal"]
                 if self.step % ckpt_every == 0 or self.step == steps or out_of_time:
                     now = time.time()
                     self.wall_seconds += now - t_last

@@ -23,7 +23,7 @@ CASES = {  # name: (generator resolution, output size S, generator)
     "64 (default G)": (64, 64, "default"),
     "128 (config-f widths)": (128, 128, "random"),
     "256 (config-f widths)": (256, 256, "random"),
-    "512 (1024 config-f, resized)": (1024, 512, "random"),
+    "512 (1024 config-f resized)": (1024, 512, "random"),
 }
 
 
@@ -97,9 +97,14 @@ def main() -> None:
     write_results(rows)
 
 
-def write_results(rows: list[dict]) -> None:
+def write_results(new_rows: list[dict]) -> None:
+    """Merge with earlier results of other cases (a run may measure a subset), then write all."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fused_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
+    path = RESULTS / "fused_memory.json"
+    done = {r["case"] for r in new_rows}
+    old = [r for r in json.loads(path.read_text()) if r["case"] not in done] if path.is_file() else []
+    rows = sorted(old + new_rows, key=lambda r: list(CASES).index(r["case"]))
+    path.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["| case | head | mode | fused MB | materialized MB | memory ratio | fused s | materialized s |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     pairs = {}

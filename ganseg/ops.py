@@ -39,6 +39,12 @@ def split_weight(weight: torch.Tensor, channels: Sequence[int]) -> list[torch.Te
     return list(torch.split(w, list(channels), dim=1))
 
 
+def project_1x1(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] x [K, C] -> [N, K, H, W] as one batched matmul on a view (no layout copies)."""
+    n, c, h, wd = f.shape
+    return torch.matmul(w.to(f.dtype), f.reshape(n, c, h * wd)).reshape(n, -1, h, wd)
+
+
 def _check(feats: Sequence[torch.Tensor]) -> None:
     if not feats:
         raise ValueError("no feature maps given")
@@ -61,10 +67,11 @@ def resample_accumulate(feats: Sequence[torch.Tensor], weight: torch.Tensor, bia
     for f, w in zip(feats, blocks):
         # project first where the map is small (cheaper), resize first where it is large
         if f.shape[-1] <= size:
-            y = resize(torch.einsum("kc,nchw->nkhw", w.to(f.dtype), f), size, align_corners)
+            y = resize(project_1x1(f, w), size, align_corners)
         else:
-            y = torch.einsum("kc,nchw->nkhw", w.to(f.dtype), resize(f, size, align_corners))
-        out = y if out is None else out + y
+            y = project_1x1(resize(f, size, align_corners), w)
+        # in place: neither resize's nor einsum's backward needs its output, so this is safe
+        out = y if out is None else out.add_(y)
     return out if bias is None else out + bias.to(out.dtype)[None, :, None, None]
 
 

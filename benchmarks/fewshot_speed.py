@@ -1,0 +1,48 @@
+"""Wall time to train a 1-shot head of each kind (default steps) on CPU.
+
+Generators: the bundled default (64²) and a random 128² generator with config-f widths (the
+issue's 128² target: a 1-shot CNN head in <= 2 minutes).
+
+    python benchmarks/fewshot_speed.py   # -> benchmarks/results/fewshot_speed.{json,md}
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ganseg import Generator, GeneratorConfig, load_generator
+from ganseg.shots import Shots
+from ganseg.training.train_head import HeadTrainConfig, train_head
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    gens = {"64 (default G)": load_generator(),
+            "128 (config-f widths, random)": Generator(GeneratorConfig(resolution=128, mapping_layers=2)).eval()}
+    rows = []
+    for name, G in gens.items():
+        G.requires_grad_(False)
+        ws = G.map(torch.randn(1, G.z_dim))
+        mask = torch.randint(0, 10, (1, G.resolution, G.resolution))
+        for kind in ("linear", "mlp", "cnn"):
+            cfg = HeadTrainConfig(kind=kind)
+            t = time.perf_counter()
+            train_head(G, Shots(ws, mask, [str(i) for i in range(10)]), cfg, progress=False)
+            rows.append({"generator": name, "head": kind, "steps": cfg.steps,
+                         "seconds": time.perf_counter() - t, "threads": torch.get_num_threads()})
+            print(json.dumps(rows[-1]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fewshot_speed.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| generator | head | steps | seconds (1 shot) | CPU threads |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['generator']} | {r['head']} | {r['steps']} | {r['seconds']:.1f} | {r['threads']} |" for r in rows]
+    (RESULTS / "fewshot_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

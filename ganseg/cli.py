@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-head": ("ganseg.training.train_head", "train a few-shot segmentation head on annotated shots"),
     "segment": ("ganseg.segment", "segment real images (inversion + few-shot head)"),
     "eval": ("ganseg.evaluate", "1/5/10-shot mIoU table on the held-out rendered test split"),
+    "synthesize": ("ganseg.synthesize", "auto-shot dataset: GAN images labelled by a head, in resumable shards"),
+    "train-unet": ("ganseg.training.train_unet", "train a UNet on a synthesized (or real labelled) dataset"),
 }
 
 

@@ -36,18 +36,27 @@ def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file beside `path`, then rename: a killed run never leaves half a file."""
+    """Temp file + fsync + rename (+ directory fsync): a killed or crashed run leaves either the old
+    bytes or the new ones under `path`, never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide outputs from other users/jobs
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:

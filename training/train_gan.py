@@ -330,3 +330,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"step {trainer.step}, {trainer.images_seen / 1000:.1f} kimg, {trainer.wall_seconds / 60:.1f} min; "
           f"generator: {out / 'generator.safetensors'}")
     return 0
+
+
+def export_bundle(run_dir: Path, dest: Path, dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
+    """A run's EMA generator and its discriminator as shippable safetensors (fp16 by default).
+
+    The discriminator goes along because GAN inversion uses its features as the perceptual term.
+    """
+    from safetensors.torch import save_file
+
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = TrainGANConfig(**json.loads(state["config"]))
+    G = Generator(cfg.gen_config())
+    G.load_state_dict(state["G_ema"])
+    g_path = dest / "default_generator.safetensors"
+    info = {"step": str(state["step"]), "images_seen": str(state["images_seen"]),
+            "train_minutes": f"{state['wall_seconds'] / 60:.1f}", "train_config": state["config"]}
+    save_generator(G, g_path, dtype=dtype, extra_metadata=info)
+    d_path = dest / "default_discriminator.safetensors"
+    d_state = {k: v.to(dtype).contiguous() for k, v in state["D"].items()}
+    save_file(d_state, str(d_path), metadata={"config": json.dumps({"resolution": cfg.resolution,
+                                                                      "channels": cfg.channels}), **info})
+    return g_path, d_path

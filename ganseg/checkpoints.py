@@ -15,11 +15,11 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ganseg.images import write_atomic
 from ganseg.stylegan2 import Generator, GeneratorConfig, blur_kernel_2d, resolutions_up_to
 
 GANSEG_FORMAT = "ganseg.stylegan2/1"
@@ -77,20 +77,11 @@ def read_generator_state(path: Path) -> tuple[GeneratorConfig, dict[str, torch.T
 def save_generator(G: Generator, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                    extra_metadata: dict[str, str] | None = None) -> None:
     """Write weights (fp16 storage is fine for shipping) + JSON config; atomic (temp + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in G.state_dict().items()}
     meta = {"format": GANSEG_FORMAT, "config": json.dumps(G.cfg.to_dict()), **(extra_metadata or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, save(state, metadata=meta))
 
 
 def _looks_like_safetensors(path: Path, head: bytes) -> bool:

@@ -58,16 +58,21 @@ def test_widths_read_from_checkpoint():
     assert G.cfg.conv_clamp == 256 and G.cfg.mapping_layers == 2
 
 
+class Payload:
+    """Unpickling this runs `touch marker`: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_malicious_torch_file_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            import os
-            return (os.system, (f"touch {marker}",))
-
     bad = tmp_path / "evil.pt"
-    torch.save({"g_ema": Payload()}, bad)
+    torch.save({"g_ema": Payload(marker)}, bad)
     with pytest.raises(CheckpointError, match="refused.*(posix|os).system"):
         load_generator(bad)
     assert not marker.exists()
@@ -77,14 +82,8 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     import pickle
 
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            import os
-            return (os.system, (f"touch {marker}",))
-
     bad = tmp_path / "evil.pkl"
-    bad.write_bytes(pickle.dumps({"G_ema": Payload()}))
+    bad.write_bytes(pickle.dumps({"G_ema": Payload(marker)}))
     with pytest.raises(CheckpointError, match="refused.*system"):
         load_generator(bad)
     assert not marker.exists()

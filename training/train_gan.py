@@ -12,9 +12,7 @@ import argparse
 import copy
 import json
 import os
-import signal
-import threading
-import tempfile
+import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ganseg.checkpoints import save_generator
-from ganseg.images import from_uint8, make_grid, save_png, to_uint8
+from ganseg.training.common import stop_on_signal
+from ganseg.images import from_uint8, make_grid, save_png, to_uint8, write_atomic
 from ganseg.stylegan2 import Discriminator, Generator, GeneratorConfig
 
 
@@ -149,11 +148,9 @@ class GANTrainer:
                  "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "step": self.step,
                  "images_seen": self.images_seen, "wall_seconds": self.wall_seconds,
                  "config": json.dumps(asdict(self.cfg))}
-        self.out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.out, suffix=".tmp")
-        os.close(fd)
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_atomic(self.ckpt_path, buf.getvalue())
         save_generator(self.G_ema, self.out / "generator.safetensors",
                        extra_metadata={"step": str(self.step), "images_seen": str(self.images_seen)})
 
@@ -247,17 +244,8 @@ class GANTrainer:
         """Train until `steps` total steps or `minutes` of wall time, checkpointing as it goes."""
         t_start = time.time()
         t_last = t_start
-        stop = {"signal": None}
-        # SIGTERM/SIGINT (a session ending, a job scheduler) finish the step and checkpoint
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, lambda s, f: stop.update(signal=s))
-                        for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with stop_on_signal() as stop:
             self._train_loop(images, steps, minutes, ckpt_every, sample_every, stop, t_start, t_last)
-        finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
 
     def _train_loop(self, images, steps, minutes, ckpt_every, sample_every, stop, t_start, t_last) -> None:
         with tqdm(total=steps, initial=self.step, desc="train-gan", unit="step") as bar:

@@ -28,9 +28,6 @@ import json
 import math
 import os
 import re
-import signal
-import tempfile
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from tqdm import tqdm
 
 from ganseg.evaluate import confusion_matrix, mean_iou
 from ganseg.images import write_atomic
+from ganseg.training.common import stop_on_signal
 from ganseg.unet import UNet, UNetConfig
 
 UNET_FORMAT = "ganseg.unet/1"
@@ -390,14 +388,9 @@ class UNetTrainer:
         state = {"model": self.unet.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                  "config": cfg_json, "history": json.dumps(self.history)}
         # the resume state first: if killed before the export below, --resume still has a consistent step
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".train_state.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.state_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_atomic(self.state_path, buf.getvalue())
         last = self.history[-1]["val_miou"] if self.history else None
         info = {"step": self.step, "val_miou": last, "train_config": asdict(self.cfg), "data": self.source}
         save_unet(self.unet, self.out / "unet.safetensors", self.class_names, info)
@@ -477,12 +470,7 @@ class UNetTrainer:
         SIGTERM/SIGINT (a job scheduler, Ctrl-C) finish the current step and checkpoint.
         """
         stop_at = self.cfg.steps if stop_at is None else stop_at
-        stop = {"signal": None}
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, lambda sig, frame: stop.update(signal=sig))
-                        for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with stop_on_signal() as stop:
             with tqdm(total=stop_at, initial=self.step, desc="train-unet", unit="step", disable=not progress) as bar:
                 while self.step < stop_at and not stop["signal"]:
                     loss = self.train_step()
@@ -497,9 +485,6 @@ class UNetTrainer:
                         bar.set_postfix(loss=f"{loss:.3f}")
                     if self.step % self.cfg.ckpt_every == 0 or end:
                         self.save()
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------------------------

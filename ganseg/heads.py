@@ -51,11 +51,13 @@ class FusedProjection(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.size, self.align_corners = size, align_corners
         self.register_buffer("scales", torch.ones(len(channels)))
+        self.register_buffer("channels", torch.tensor(list(channels)), persistent=False)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        # per-layer standardization folded into the inputs: activation scales differ ~10x by layer
-        feats = [f * s for f, s in zip(feats, self.scales)]
-        return resample_accumulate(feats, self.weight, self.bias, self.size, self.align_corners)
+        # Per-layer standardization (activation scales differ ~10x between layers), folded into
+        # the weight's columns: scaling the feature maps themselves would copy all of them.
+        weight = self.weight * self.scales.repeat_interleave(self.channels)[None]
+        return resample_accumulate(feats, weight, self.bias, self.size, self.align_corners)
 
 
 class SegmentationHead(nn.Module):

@@ -18,6 +18,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from ganseg.images import write_atomic
 from ganseg.ops import resample_accumulate
 
 HeadKind = Literal["linear", "mlp", "cnn"]
@@ -117,17 +118,13 @@ class HeadEnsemble(nn.Module):
 
 
 def save_head(head: SegmentationHead | HeadEnsemble, path: str | Path, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     heads = list(head.heads) if isinstance(head, HeadEnsemble) else [head]
     meta = {"format": "ganseg.head/1", "configs": json.dumps([h.cfg.to_dict() for h in heads]),
             **{k: json.dumps(v) for k, v in (extra or {}).items()}}
     state = {f"{i}.{k}": v.contiguous() for i, h in enumerate(heads) for k, v in h.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_atomic(path, save(state, metadata=meta))
 
 
 def load_head(path: str | Path) -> SegmentationHead | HeadEnsemble:

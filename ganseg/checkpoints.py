@@ -170,7 +170,7 @@ def from_rosinality(sd: dict, latent_avg: torch.Tensor | None, path: Path | str 
             out[f"synthesis.to_rgbs.{i}.bias"] = sd[f"{src}.bias"].reshape(-1)
     except KeyError as exc:
         raise CheckpointError(f"{path}: not a rosinality StyleGAN2 generator: missing {exc}") from None
-    out["synthesis.blur_kernel"] = _blur_2d(cfg.blur_kernel)
+    out["synthesis.blur_kernel"] = blur_kernel_2d(cfg.blur_kernel)
     out = {k: v.float() for k, v in out.items()}
     out["mapping.w_avg"] = (latent_avg.reshape(-1).float() if latent_avg is not None
                             else _estimate_w_avg(cfg, out))
@@ -242,7 +242,7 @@ def from_nvlabs(net, path: Path | str = "<pickle>") -> tuple[GeneratorConfig, di
         out[f"synthesis.to_rgbs.{i}.conv.affine.weight"] = sd[f"{src}.affine.weight"]
         out[f"synthesis.to_rgbs.{i}.conv.affine.bias"] = sd[f"{src}.affine.bias"]
         out[f"synthesis.to_rgbs.{i}.bias"] = sd[f"{src}.bias"]
-    out["synthesis.blur_kernel"] = _blur_2d(cfg.blur_kernel)
+    out["synthesis.blur_kernel"] = blur_kernel_2d(cfg.blur_kernel)
     out = {k: v.float() for k, v in out.items()}
     out["mapping.w_avg"] = (sd["mapping.w_avg"].float() if "mapping.w_avg" in sd
                             else _estimate_w_avg(cfg, out))
@@ -262,10 +262,6 @@ def _blur_1d(kernel: torch.Tensor, path) -> list[float]:
         k = k1
     k = k / k.sum()
     return [float(v) for v in k * (1.0 / float(k.min()) if float(k.min()) > 0 else 1.0)]
-
-
-def _blur_2d(kernel_1d: list[float]) -> torch.Tensor:
-    return blur_kernel_2d(kernel_1d)
 
 
 def _estimate_w_avg(cfg: GeneratorConfig, state: dict[str, torch.Tensor], n: int = 10_000) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ganseg.images import from_uint8
+from ganseg.images import from_uint8, write_atomic
 from ganseg.unet import UNet, UNetConfig
 
 PROBE_DIR = Path(__file__).parent / "weights"
@@ -99,11 +99,10 @@ def train_probe(resolution: int, n_train: int = 3000, steps: int = 1500, batch: 
 
 
 def save_probe(net: UNet, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
-              metadata={"config": json.dumps(net.cfg.to_dict())})
+    write_atomic(path, save({k: v.contiguous() for k, v in net.state_dict().items()},
+                            metadata={"config": json.dumps(net.cfg.to_dict())}))
 
 
 def load_probe(path: Path) -> UNet:

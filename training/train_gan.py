@@ -325,7 +325,7 @@ def export_bundle(run_dir: Path, dest: Path, dtype: torch.dtype = torch.float16)
 
     The discriminator goes along because GAN inversion uses its features as the perceptual term.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     cfg = TrainGANConfig(**json.loads(state["config"]))
@@ -337,6 +337,6 @@ def export_bundle(run_dir: Path, dest: Path, dtype: torch.dtype = torch.float16)
     save_generator(G, g_path, dtype=dtype, extra_metadata=info)
     d_path = dest / "default_discriminator.safetensors"
     d_state = {k: v.to(dtype).contiguous() for k, v in state["D"].items()}
-    save_file(d_state, str(d_path), metadata={"config": json.dumps({"resolution": cfg.resolution,
-                                                                      "channels": cfg.channels}), **info})
+    d_meta = {"config": json.dumps({"resolution": cfg.resolution, "channels": cfg.channels}), **info}
+    write_atomic(d_path, save(d_state, metadata=d_meta))
     return g_path, d_path

@@ -36,6 +36,17 @@ def mean_iou(conf: torch.Tensor) -> float:
     return float(np.nanmean(iou_per_class(conf).numpy()))
 
 
+def score_row(method: str, shots: int, pred, target, class_names: list[str], **extra) -> dict:
+    """A table row: mIoU and per-class IoU of label maps `pred` against `target` (any int arrays)."""
+    pred, target = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target))
+    if pred.shape != target.shape:
+        raise ValueError(f"predictions {list(pred.shape)} and targets {list(target.shape)} differ in shape")
+    conf = confusion_matrix(pred, target, len(class_names))
+    ious = iou_per_class(conf)
+    return {"method": method, "shots": shots, "miou": mean_iou(conf),
+            "iou": {n: float(v) for n, v in zip(class_names, ious)}, **extra}
+
+
 @torch.no_grad()
 def predict_from_inversion(G, head, inv, batch: int = 8) -> torch.Tensor:
     """Label maps [N, S, S] for inverted images: their features through the head."""
@@ -83,10 +94,7 @@ def run_protocol(G, cfg: EvalConfig, D=None, out: Path | None = None) -> dict:
         for kind in cfg.heads:
             head = train_head(G, shots, HeadTrainConfig(kind=kind, steps=cfg.head_steps))
             pred = predict_from_inversion(G, head, test_inv)
-            conf = confusion_matrix(pred, target, len(CLASS_NAMES))
-            ious = iou_per_class(conf)
-            row = {"method": f"invert+{kind}", "shots": k, "miou": mean_iou(conf),
-                   "iou": {n: float(v) for n, v in zip(CLASS_NAMES, ious)}}
+            row = score_row(f"invert+{kind}", k, pred, target, list(CLASS_NAMES))
             results["rows"].append(row)
             print(f"{kind:6s} {k:2d}-shot  mIoU {row['miou']:.3f}")
             if kind == cfg.heads[-1]:
@@ -99,9 +107,9 @@ def run_protocol(G, cfg: EvalConfig, D=None, out: Path | None = None) -> dict:
     return results
 
 
-def markdown_table(results: dict) -> str:
+def markdown_table(results: dict, shots_header: str = "shots") -> str:
     names = results["classes"]
-    head = "| method | shots | mIoU | " + " | ".join(names) + " |\n"
+    head = f"| method | {shots_header} | mIoU | " + " | ".join(names) + " |\n"
     head += "|---|---:|---:|" + "---:|" * len(names) + "\n"
     rows = "".join(f"| {r['method']} | {r['shots']} | {r['miou']:.3f} | "
                    + " | ".join(f"{r['iou'][n]:.2f}" for n in names) + " |\n" for r in results["rows"])

@@ -135,6 +135,35 @@ def _invert_batch(G, target, cfg, D, progress) -> Inversion:
     return Inversion(ws, noise, recon, psnr(recon, target))
 
 
+def save_inversion(inv: Inversion, path: str | Path) -> None:
+    """An inversion as safetensors (ws, noise maps, reconstructions, PSNR): inversions are slow, keep them."""
+    from safetensors.torch import save
+
+    from ganseg.images import write_atomic
+
+    state = {"ws": inv.ws, "recon": inv.recon, "psnr": inv.psnr,
+             **{f"noise{i:02d}": n for i, n in enumerate(inv.noise)}}
+    write_atomic(path, save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                            metadata={"format": "ganseg.inversion/1"}))
+
+
+def load_inversion(path: str | Path) -> Inversion:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"inversion file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("format") != "ganseg.inversion/1":
+                raise ValueError("not a ganseg inversion file")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise ValueError(f"{path}: unreadable inversion ({exc})") from None
+    noise = [t[k] for k in sorted(k for k in t if k.startswith("noise"))]
+    return Inversion(t["ws"], noise, t["recon"], t["psnr"])
+
+
 def load_images(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
     """Image files -> float NCHW in [-1, 1], resized to the generator's resolution."""
     return from_uint8(np.stack([load_rgb(p, resolution) for p in paths]))
@@ -209,5 +238,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["InvertConfig", "Inversion", "invert", "psnr", "noise_regularization", "perceptual_distance",
-           "load_images", "load_discriminator"]
+__all__ = ["InvertConfig", "Inversion", "invert", "save_inversion", "load_inversion", "psnr",
+           "noise_regularization", "perceptual_distance", "load_images", "load_discriminator"]

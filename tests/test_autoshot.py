@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,7 +200,25 @@ def test_train_unet_on_real_labelled_images(tmp_path):
     write_labels_json(tmp_path / "real" / "labels.json")
     assert main(["train-unet", "--real", str(tmp_path / "real"), "--out", str(tmp_path / "u"), "--width", "4",
                  "--depth", "2", "--steps", "1", "--batch", "2"]) == 0
-    assert segment_with_unet(load_unet(tmp_path / "u" / "unet.safetensors"), images).shape == (4, 64, 64)
+    unet = load_unet(tmp_path / "u" / "unet.safetensors")
+    assert segment_with_unet(unet, images).shape == (4, 64, 64) and unet.meta["resolution"] == 64
+
+    # the deployable path: `ganseg segment --unet` on photos of any size; masks at each photo's size
+    from PIL import Image
+    from ganseg.faces import load_label_png
+
+    Image.fromarray(images[1]).resize((100, 80)).save(tmp_path / "big.jpg")
+    assert main(["segment", "--unet", str(tmp_path / "u"), str(tmp_path / "real" / "0000.png"),
+                 str(tmp_path / "big.jpg"), "--out", str(tmp_path / "seg")]) == 0
+    assert load_label_png(tmp_path / "seg" / "0000_mask.png").shape == (64, 64)
+    assert load_label_png(tmp_path / "seg" / "big_mask.png").shape == (80, 100)
+    assert (tmp_path / "seg" / "big_overlay.png").is_file() and (tmp_path / "seg" / "overlays.png").is_file()
+    # a corrupt photo is named, and nothing is written for the batch
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert main(["segment", "--unet", str(tmp_path / "u"), str(tmp_path / "real" / "0001.png"),
+                 str(tmp_path / "bad.png"), "--out", str(tmp_path / "seg2")]) == 2
+    assert not (tmp_path / "seg2").exists()
+    assert main(["segment", "--method", "unet", str(tmp_path / "big.jpg"), "--out", str(tmp_path / "s3")]) == 2
 
 
 def test_bad_inputs_give_clear_errors(models, tmp_path, capsys):
@@ -233,3 +252,29 @@ def test_bad_inputs_give_clear_errors(models, tmp_path, capsys):
     synthesize_dataset(G, head, SynthConfig(n=8, shard_size=8, batch=8), tmp_path / "hard", progress=False)
     with pytest.raises(ValueError, match="soft-topk"):
         synth_data(tmp_path / "hard", soft=True)
+
+
+def test_autoshot_comparison_script_end_to_end(tmp_path):
+    """benchmarks/autoshot_eval.py at toy scale: every method trains, the table and figures appear."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "autoshot_eval.py"), "--out", str(tmp_path / "w"),
+                        "--results", str(tmp_path / "res"), "--n-test", "3", "--n-test-unet", "5",
+                        "--invert-steps", "2", "--head-steps", "3", "--synth-n", "20", "--unet-steps", "2",
+                        "--unet-width", "4"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "res" / "autoshot_eval.json").read_text())
+    methods = [(row["method"], row["shots"]) for row in res["rows"]]
+    assert methods == [("invert+cnn", 1), ("invert+cnn", 5), ("invert+cnn", 10),
+                       ("auto-shot UNet", 1), ("auto-shot UNet", 5), ("auto-shot UNet", 10),
+                       ("supervised UNet", 10), ("supervised UNet", 100), ("supervised UNet", 1000)]
+    assert all(0 <= row["miou"] <= 1 and set(row["iou"]) == set(res["classes"]) for row in res["rows"])
+    assert "auto_10shot_over_supervised1000" in res["ratios"]
+    for f in ("autoshot_eval.md", "autoshot_overlays.png", "autoshot_miou.png"):
+        assert (tmp_path / "res" / f).stat().st_size > 0
+    # finished jobs are skipped on a rerun
+    r2 = subprocess.run([sys.executable, str(root / "benchmarks" / "autoshot_eval.py"), "--out", str(tmp_path / "w"),
+                         "--results", str(tmp_path / "res2"), "--n-test", "3", "--n-test-unet", "5",
+                         "--unet-steps", "2", "--unet-width", "4", "--synth-n", "20", "--jobs", "real10,auto1,table"],
+                        capture_output=True, text=True, cwd=tmp_path)
+    assert r2.returncode == 0 and "from step" not in r2.stdout, r2.stderr[-2000:]
+    assert json.loads((tmp_path / "res2" / "autoshot_eval.json").read_text())["rows"] == res["rows"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ganseg import Generator, GeneratorConfig, save_generator
-from ganseg.evaluate import confusion_matrix, iou_per_class, mean_iou
+from ganseg.evaluate import confusion_matrix, iou_per_class, mean_iou, score_row
 from ganseg.heads import HeadEnsemble, head_for, load_head, save_head
-from ganseg.invert import InvertConfig, invert, noise_regularization, psnr
+from ganseg.invert import InvertConfig, invert, load_inversion, noise_regularization, psnr, save_inversion
 from ganseg.ops import materialize
 from ganseg.shots import Shots
 from ganseg.training.train_head import HeadTrainConfig, train_head
@@ -92,6 +92,18 @@ def test_inversion_recovers_generated_images(G):
         invert(G, torch.zeros(1, 3, 16, 16))
 
 
+def test_inversion_file_roundtrip(G, tmp_path):
+    inv = invert(G, G.synthesize(z=torch.randn(2, 32)).clamp(-1, 1), InvertConfig(steps=2), progress=False)
+    save_inversion(inv, tmp_path / "inv.safetensors")
+    back = load_inversion(tmp_path / "inv.safetensors")
+    for a, b in zip([inv.ws, inv.recon, inv.psnr, *inv.noise], [back.ws, back.recon, back.psnr, *back.noise]):
+        assert torch.equal(a, b)
+    assert len(back.noise) == len(inv.noise)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable inversion"):
+        load_inversion(tmp_path / "bad.safetensors")
+
+
 def test_noise_regularization_penalizes_structure():
     white = [torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))]
     smooth = [torch.nn.functional.interpolate(torch.randn(1, 1, 4, 4), size=32, mode="bilinear")]
@@ -106,6 +118,10 @@ def test_iou_metrics():
     torch.testing.assert_close(ious[:3], torch.tensor([1 / 3, 3 / 5, 1.0], dtype=torch.float64))
     assert torch.isnan(ious[3])  # absent everywhere: left out of the mean
     assert abs(mean_iou(conf) - (1 / 3 + 3 / 5 + 1) / 3) < 1e-9
+    row = score_row("m", 1, pred.numpy(), target.numpy(), ["a", "b", "c", "d"], family="x")
+    assert row["miou"] == mean_iou(conf) and row["iou"]["b"] == 3 / 5 and row["family"] == "x"
+    with pytest.raises(ValueError, match="differ in shape"):
+        score_row("m", 1, pred[:1], target, ["a", "b", "c", "d"])
 
 
 def test_annotation_workflow_cli(G, tmp_path):

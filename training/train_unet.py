@@ -392,7 +392,8 @@ class UNetTrainer:
         torch.save(state, buf)
         write_atomic(self.state_path, buf.getvalue())
         last = self.history[-1]["val_miou"] if self.history else None
-        info = {"step": self.step, "val_miou": last, "train_config": asdict(self.cfg), "data": self.source}
+        info = {"step": self.step, "val_miou": last, "train_config": asdict(self.cfg), "data": self.source,
+                "resolution": int(self.train_data.images.shape[1])}  # what `ganseg segment` resizes to
         save_unet(self.unet, self.out / "unet.safetensors", self.class_names, info)
         doc = {"unet_config": self.unet.cfg.to_dict(), "class_names": self.class_names, **info,
                "val_images": len(self.val_data), "train_images": len(self.train_data), "history": self.history}

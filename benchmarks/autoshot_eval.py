@@ -151,6 +151,8 @@ class Runner:
         print(f"unet_{name}: {len(trainer.train_data)} train / {len(trainer.val_data)} val images, "
               f"from step {trainer.step}")
         trainer.train()
+        if trainer.step < self.cfg.unet_steps:  # stopped by a signal: checkpointed, do not go on
+            raise SystemExit(f"unet_{name} stopped at step {trainer.step}; rerun the same command to resume")
         return run
 
     def auto(self, k: int) -> None:

@@ -86,7 +86,12 @@ class SegmentationHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """All generator features (as `G.synthesize` returns them) -> logits [N, classes, S, S]."""
-        return self.body(self.project([feats[i] for i in self.cfg.feature_layers]))
+        x = self.project([feats[i] for i in self.cfg.feature_layers])
+        if self.cfg.kind == "cnn":
+            # NHWC: oneDNN runs the dilated 3x3 stack ~2x faster on CPU, cuDNN's tensor-core kernels
+            # prefer it too; values are unchanged (a layout, not an op, in an exported graph)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(x)
 
 
 def head_for(G, kind: HeadKind, num_classes: int, size: int | None = None, min_resolution: int = 4,

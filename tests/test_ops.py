@@ -12,9 +12,9 @@ def random_feats(n=2, layout=((4, 6), (8, 5), (8, 7), (16, 3), (32, 4), (32, 2))
 
 @pytest.mark.parametrize("size", [16, 32, 64])  # down (area) for 32² maps at 16, identity, all up
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_forward_backward_parity(size, align_corners):
+@pytest.mark.parametrize("k", [5, 24])  # both layouts: NCHW below 16 output channels, NHWC from 16
+def test_forward_backward_parity(size, align_corners, k):
     feats = random_feats()
-    k = 5
     weight = torch.randn(k, sum(f.shape[1] for f in feats), dtype=torch.float64)
     bias = torch.randn(k, dtype=torch.float64)
     leaves = [f.clone().requires_grad_(True) for f in feats] + [weight.clone().requires_grad_(True),

@@ -38,6 +38,12 @@ from ganseg.images import from_uint8, make_grid, overlay, save_png, write_atomic
 RESULTS = Path(__file__).parent / "results"
 SHOTS = (1, 5, 10)
 REAL_N = (10, 100, 1000)
+# recipe variants of the auto-shot student (job `autoK:NAME`), each against the base recipe
+VARIANTS = {
+    "psi07": {"truncation": 0.7, "about": "images at truncation 0.7"},
+    "keep70": {"keep": 0.7, "about": "70 % most confident images (head entropy)"},
+    "soft": {"soft_topk": 3, "about": "soft targets (head's top-3 probabilities)"},
+}
 
 
 @dataclass
@@ -116,15 +122,22 @@ class Runner:
         write_atomic(rows_path, (json.dumps(doc, indent=1) + "\n").encode())
 
     # -- (b) auto-shot dataset and its UNet -----------------------------------------------------
-    def synth(self, k: int) -> Path:
+    def synth_dir(self, k: int, variant: str | None = None) -> Path:
+        v = VARIANTS.get(variant, {})
+        tag = f"_{variant}" if ("truncation" in v or "soft_topk" in v) else ""  # variants that change the data
+        return self.out / f"synth_k{k}{tag}"
+
+    def synth(self, k: int, variant: str | None = None) -> Path:
         from ganseg.heads import load_head
         from ganseg.synthesize import SynthConfig, read_manifest, synthesize_dataset
 
         head_path = self.out / f"head_k{k}.safetensors"
         if not head_path.is_file():
             self.heads()
-        data = self.out / f"synth_k{k}"
-        cfg = SynthConfig(n=self.cfg.synth_n, truncation=self.cfg.truncation, class_names=list(CLASS_NAMES))
+        v = VARIANTS.get(variant, {})
+        data = self.synth_dir(k, variant)
+        cfg = SynthConfig(n=self.cfg.synth_n, truncation=v.get("truncation", self.cfg.truncation),
+                          soft_topk=v.get("soft_topk", 0), class_names=list(CLASS_NAMES))
         t0 = time.perf_counter()
         synthesize_dataset(self.G, load_head(head_path), cfg, data)
         m = read_manifest(data)
@@ -133,7 +146,7 @@ class Runner:
                                                            "threads": torch.get_num_threads()}).encode())
         return data
 
-    def unet(self, name: str, data) -> Path:
+    def unet(self, name: str, data, soft: bool = False) -> Path:
         from ganseg.training.train_unet import UNetTrainConfig, UNetTrainer
 
         run = self.out / f"unet_{name}"
@@ -144,7 +157,7 @@ class Runner:
         # sets train on all N images (the test split is separate)
         val = 0.05 if name.startswith("auto") else 0.0
         tcfg = UNetTrainConfig(width=self.cfg.unet_width, steps=self.cfg.unet_steps, batch=self.cfg.unet_batch,
-                               val_fraction=val)
+                               val_fraction=val, soft=soft)
         trainer = UNetTrainer(tcfg, data, run)
         if trainer.state_path.is_file():
             trainer.load()
@@ -155,13 +168,22 @@ class Runner:
             raise SystemExit(f"unet_{name} stopped at step {trainer.step}; rerun the same command to resume")
         return run
 
-    def auto(self, k: int) -> None:
+    def auto(self, k: int, variant: str | None = None) -> None:
+        from ganseg.synthesize import load_synth_dataset
         from ganseg.training.train_unet import synth_data
 
-        data = self.out / f"synth_k{k}"
+        if variant is not None and variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+        v = VARIANTS.get(variant, {})
+        data = self.synth_dir(k, variant)
         if not (data / "timing.json").is_file():
-            self.synth(k)
-        self.unet(f"auto_k{k}", synth_data(data))
+            self.synth(k, variant)
+        limit = None
+        if "keep" in v:
+            limit = float(np.quantile(load_synth_dataset(data, soft=False).uncertainty, v["keep"]))
+        soft = "soft_topk" in v
+        name = f"auto_k{k}" + (f"_{variant}" if variant else "")
+        self.unet(name, synth_data(data, max_uncertainty=limit, soft=soft), soft=soft)
 
     # -- (c) supervised on N rendered train images ----------------------------------------------
     def real(self, n: int) -> None:
@@ -183,20 +205,23 @@ class Runner:
         for k in SHOTS:
             preds[f"invert+{self.cfg.head_kind} {k}"] = np.load(self.out / "preds" / f"invert_k{k}.npy")
         unets = [(f"auto_k{k}", "auto-shot UNet", k) for k in SHOTS] + \
-                [(f"real_n{n}", "supervised UNet", n) for n in REAL_N]
+                [(f"real_n{n}", "supervised UNet", n) for n in REAL_N] + \
+                [(f"auto_k{k}_{v}", f"auto-shot UNet, {VARIANTS[v]['about']}", k) for k in SHOTS for v in VARIANTS]
         for name, method, k in unets:
             run = self.out / f"unet_{name}"
             if not (run / "unet.safetensors").is_file():
-                print(f"skipping {name}: not trained yet")
+                if name.count("_") < 2:  # variants are optional
+                    print(f"skipping {name}: not trained yet")
                 continue
             unet = load_unet(run)
             pred = segment_with_unet(unet, test_img)
             big = score_row(method, k, pred, test_lab, names)
             row = score_row(method, k, pred[: self.cfg.n_test], test_lab[: self.cfg.n_test], names,
-                            family="auto" if name.startswith("auto") else "real",
+                            family="variant" if name.count("_") >= 2 else name.split("_")[0],
                             miou_large_test=big["miou"], train_step=unet.meta.get("step"))
             rows.append(row)
-            preds[f"{method} {k}"] = pred[: self.cfg.n_test]
+            if row["family"] != "variant":
+                preds[f"{method} {k}"] = pred[: self.cfg.n_test]
         sup = {r["shots"]: r["miou"] for r in rows if r.get("family") == "real"}
         auto = {r["shots"]: r["miou"] for r in rows if r.get("family") == "auto"}
         inv = {r["shots"]: r["miou"] for r in rows if r.get("family") == "invert"}
@@ -233,6 +258,15 @@ class Runner:
         save_png(self.results / "autoshot_overlays.png", make_grid(np.concatenate(panels), ncols=len(img)))
         (self.results / "autoshot_overlays.txt").write_text(
             "rows, top to bottom: test image, ground truth, " + ", ".join(preds) + "\n")
+        # what the students learn from: generated images and the head's labels (k = most shots)
+        k = max(SHOTS)
+        if (self.out / f"synth_k{k}" / "timing.json").is_file():
+            from ganseg.synthesize import load_synth_dataset
+
+            ds = load_synth_dataset(self.out / f"synth_k{k}", soft=False)
+            save_png(self.results / "autoshot_dataset.png",
+                     make_grid(np.concatenate([ds.images[:16], overlay(ds.images[:16], ds.labels[:16], PALETTE)]),
+                               ncols=16))
         fig, ax = plt.subplots(figsize=(7, 4))
         for family, label, marker in (("invert", f"invert+{self.cfg.head_kind} (k shots)", "o"),
                                       ("auto", "auto-shot UNet (k shots)", "s"),
@@ -274,7 +308,8 @@ def main() -> None:
         elif job.startswith("synth"):
             r.synth(int(job[5:]))
         elif job.startswith("auto"):
-            r.auto(int(job[4:]))
+            k, _, variant = job[4:].partition(":")
+            r.auto(int(k), variant or None)
         elif job.startswith("real"):
             r.real(int(job[4:]))
         else:

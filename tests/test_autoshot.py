@@ -274,7 +274,9 @@ def test_autoshot_comparison_script_end_to_end(tmp_path):
     # finished jobs are skipped on a rerun
     r2 = subprocess.run([sys.executable, str(root / "benchmarks" / "autoshot_eval.py"), "--out", str(tmp_path / "w"),
                          "--results", str(tmp_path / "res2"), "--n-test", "3", "--n-test-unet", "5",
-                         "--unet-steps", "2", "--unet-width", "4", "--synth-n", "20", "--jobs", "real10,auto1,table"],
-                        capture_output=True, text=True, cwd=tmp_path)
-    assert r2.returncode == 0 and "from step" not in r2.stdout, r2.stderr[-2000:]
-    assert json.loads((tmp_path / "res2" / "autoshot_eval.json").read_text())["rows"] == res["rows"]
+                         "--unet-steps", "2", "--unet-width", "4", "--synth-n", "20", "--jobs",
+                         "real10,auto1,auto10:keep70,table"], capture_output=True, text=True, cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert r2.stdout.count("from step") == 1  # only the new variant trains
+    rows2 = json.loads((tmp_path / "res2" / "autoshot_eval.json").read_text())["rows"]
+    assert rows2[:9] == res["rows"] and rows2[9]["family"] == "variant" and rows2[9]["shots"] == 10

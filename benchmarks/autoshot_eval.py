@@ -274,6 +274,9 @@ class Runner:
             pts = sorted((r["shots"], r["miou"]) for r in rows if r.get("family") == family)
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=label)
+        sup = [r["miou"] for r in rows if r.get("family") == "real" and r["shots"] == 1000]
+        for frac, style in ((0.9, "--"), (0.75, ":")) if sup else ():
+            ax.axhline(frac * sup[0], color="grey", ls=style, lw=1, label=f"goal: {frac:.0%} of supervised-1000")
         ax.set_xscale("log")
         ax.set_xlabel("annotated images (k shots or N)")
         ax.set_ylabel(f"mIoU, {self.cfg.n_test} rendered test images")

@@ -58,6 +58,9 @@ class AutoshotEvalConfig:
     unet_width: int = 16
     unet_steps: int = 2000
     unet_batch: int = 16
+    ckpt: str = ""              # generator file; "" = the bundled default
+    discriminator: str = ""     # ganseg discriminator for the inversion's perceptual term; "" = the
+                                # bundled one with the bundled generator, none otherwise
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -71,9 +74,20 @@ class Runner:
         from ganseg.checkpoints import load_generator
 
         self.cfg, self.out, self.results = cfg, out, results
-        self.G = load_generator().eval().requires_grad_(False)
+        self.G = load_generator(cfg.ckpt or None).eval().requires_grad_(False)
         out.mkdir(parents=True, exist_ok=True)
         (out / "preds").mkdir(exist_ok=True)
+        # cached inversions, heads, datasets and UNets are only valid for the settings that made them
+        ident = {k: v for k, v in asdict(cfg).items() if k != "n_test_unet"}
+        stamp = out / "settings.json"
+        if stamp.is_file():
+            old = json.loads(stamp.read_text())
+            diff = [k for k in ident if old.get(k) != ident[k]]
+            if diff:
+                raise SystemExit(f"{out} holds results made with other settings ({', '.join(diff)}): "
+                                 f"use another --out or the same settings")
+        else:
+            write_atomic(stamp, (json.dumps(ident, indent=1) + "\n").encode())
 
     # -- shared inputs ------------------------------------------------------------------------
     def test_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +100,7 @@ class Runner:
         path = self.out / f"inversion_{name}.safetensors"
         if path.is_file():
             return load_inversion(path)
-        D = load_discriminator(default_discriminator_for(None))
+        D = load_discriminator(self.cfg.discriminator or default_discriminator_for(self.cfg.ckpt or None))
         inv = invert(self.G, from_uint8(images), InvertConfig(steps=self.cfg.invert_steps), D)
         save_inversion(inv, path)
         return inv

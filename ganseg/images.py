@@ -66,6 +66,18 @@ def save_png(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _resize_pil(im: Image.Image, size: int) -> Image.Image:
+    """size x size: area (box) filter when shrinking, bicubic when enlarging."""
+    if im.size == (size, size):
+        return im
+    return im.resize((size, size), Image.Resampling.BOX if im.size[0] > size else Image.Resampling.BICUBIC)
+
+
+def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 HWC -> uint8 size x size x C, with the same filters as `load_rgb`."""
+    return np.asarray(_resize_pil(Image.fromarray(image), size))
+
+
 def load_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """Any image file -> uint8 HWC RGB, optionally resized (area) to size x size; clear errors."""
     path = Path(path)
@@ -74,8 +86,8 @@ def load_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BOX if im.size[0] > size else Image.Resampling.BICUBIC)
+            if size is not None:
+                im = _resize_pil(im, size)
             return np.asarray(im, dtype=np.uint8).copy()
     except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None

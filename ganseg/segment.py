@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def segment_images_unet(unet, paths: list[str], batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(images uint8 HWC at their own size, label maps uint8 HW at the same size)."""
-    from ganseg.images import load_rgb
+    from ganseg.images import load_rgb, resize_rgb
     from ganseg.training.train_unet import segment_with_unet
 
     size = unet.meta.get("resolution")
@@ -42,8 +42,7 @@ def segment_images_unet(unet, paths: list[str], batch: int = 16) -> tuple[list[n
     for i in range(0, len(paths), batch):
         chunk = originals[i: i + batch]
         if size:
-            x = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BOX
-                                     if im.shape[1] > size else Image.Resampling.BICUBIC)) for im in chunk])
+            x = np.stack([resize_rgb(im, size) for im in chunk])
             pred = segment_with_unet(unet, x, batch)
             labels += [np.asarray(Image.fromarray(lab).resize((im.shape[1], im.shape[0]), Image.Resampling.NEAREST))
                        for lab, im in zip(pred, chunk)]

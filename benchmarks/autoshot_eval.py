@@ -183,7 +183,7 @@ class Runner:
         return run
 
     def auto(self, k: int, variant: str | None = None) -> None:
-        from ganseg.synthesize import load_synth_dataset
+        from ganseg.synthesize import read_manifest
         from ganseg.training.train_unet import synth_data
 
         if variant is not None and variant not in VARIANTS:
@@ -194,7 +194,9 @@ class Runner:
             self.synth(k, variant)
         limit = None
         if "keep" in v:
-            limit = float(np.quantile(load_synth_dataset(data, soft=False).uncertainty, v["keep"]))
+            # the manifest lists every image's uncertainty: no need to read the shards twice
+            unc = [u for e in read_manifest(data)["shards"] for u in e["uncertainty"]]
+            limit = float(np.quantile(unc, v["keep"]))
         soft = "soft_topk" in v
         name = f"auto_k{k}" + (f"_{variant}" if variant else "")
         self.unet(name, synth_data(data, max_uncertainty=limit, soft=soft), soft=soft)
@@ -218,20 +220,21 @@ class Runner:
         rows, preds = list(inv_doc["rows"]), {}
         for k in SHOTS:
             preds[f"invert+{self.cfg.head_kind} {k}"] = np.load(self.out / "preds" / f"invert_k{k}.npy")
-        unets = [(f"auto_k{k}", "auto-shot UNet", k) for k in SHOTS] + \
-                [(f"real_n{n}", "supervised UNet", n) for n in REAL_N] + \
-                [(f"auto_k{k}_{v}", f"auto-shot UNet, {VARIANTS[v]['about']}", k) for k in SHOTS for v in VARIANTS]
-        for name, method, k in unets:
+        unets = [(f"auto_k{k}", "auto-shot UNet", k, "auto") for k in SHOTS] + \
+                [(f"real_n{n}", "supervised UNet", n, "real") for n in REAL_N] + \
+                [(f"auto_k{k}_{v}", f"auto-shot UNet, {VARIANTS[v]['about']}", k, "variant")
+                 for k in SHOTS for v in VARIANTS]
+        for name, method, k, family in unets:
             run = self.out / f"unet_{name}"
             if not (run / "unet.safetensors").is_file():
-                if name.count("_") < 2:  # variants are optional
+                if family != "variant":  # variants are optional
                     print(f"skipping {name}: not trained yet")
                 continue
             unet = load_unet(run)
             pred = segment_with_unet(unet, test_img)
             big = score_row(method, k, pred, test_lab, names)
             row = score_row(method, k, pred[: self.cfg.n_test], test_lab[: self.cfg.n_test], names,
-                            family="variant" if name.count("_") >= 2 else name.split("_")[0],
+                            family=family,
                             miou_large_test=big["miou"], train_step=unet.meta.get("step"))
             rows.append(row)
             if row["family"] != "variant":

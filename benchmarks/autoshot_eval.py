@@ -212,7 +212,7 @@ class Runner:
 
     # -- the table ------------------------------------------------------------------------------
     def table(self) -> dict:
-        from ganseg.training.train_unet import load_unet, segment_with_unet
+        from ganseg.unet import load_unet, segment_with_unet
 
         names = list(CLASS_NAMES)
         test_img, test_lab = self.test_set(max(self.cfg.n_test, self.cfg.n_test_unet))

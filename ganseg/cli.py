@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ganseg.evaluate", "1/5/10-shot mIoU table on the held-out rendered test split"),
     "synthesize": ("ganseg.synthesize", "auto-shot dataset: GAN images labelled by a head, in resumable shards"),
     "train-unet": ("ganseg.training.train_unet", "train a UNet on a synthesized (or real labelled) dataset"),
+    "export": ("ganseg.export.cli", "export to ONNX, TensorRT or a Triton model repository"),
+    "serve": ("ganseg.serving.server", "serve a model repository with the real Triton Inference Server"),
+    "client": ("ganseg.serving.client", "segment images through a running Triton server"),
 }
 
 

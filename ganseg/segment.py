@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def segment_images_unet(unet, paths: list[str], batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(images uint8 HWC at their own size, label maps uint8 HW at the same size)."""
     from ganseg.images import load_rgb, resize_rgb
-    from ganseg.training.train_unet import segment_with_unet
+    from ganseg.unet import segment_with_unet
 
     size = unet.meta.get("resolution")
     originals = [load_rgb(p) for p in paths]  # all read (and checked) before any work
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     method = args.method or ("unet" if args.unet else "invert")
     out = Path(args.out)
     if method == "unet":
-        from ganseg.training.train_unet import load_unet
+        from ganseg.unet import load_unet
 
         if not args.unet:
             raise ValueError("--method unet needs --unet (a `ganseg train-unet` run folder or unet.safetensors)")

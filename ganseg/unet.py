@@ -6,11 +6,17 @@ at the input resolution (any size divisible by 2**depth).
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+UNET_FORMAT = "ganseg.unet/1"
 
 
 @dataclass
@@ -61,3 +67,74 @@ class UNet(nn.Module):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
         return self.head(y)
+
+
+@torch.no_grad()
+def segment_with_unet(unet: UNet, images_uint8: np.ndarray, batch: int = 16) -> np.ndarray:
+    """uint8 [N,H,W,3] -> uint8 labels [N,H,W]; sides are reflect-padded to a multiple of 2**depth."""
+    from ganseg.images import from_uint8
+
+    images_uint8 = np.asarray(images_uint8)
+    if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3 or images_uint8.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W, 3], got {images_uint8.dtype} {list(images_uint8.shape)}")
+    was_training = unet.training
+    unet.eval()
+    dev = next(unet.parameters()).device
+    m = 2 ** unet.cfg.depth
+    out = []
+    for i in range(0, len(images_uint8), batch):
+        x = from_uint8(images_uint8[i: i + batch]).to(dev).contiguous(memory_format=torch.channels_last)
+        h, w = x.shape[-2:]
+        ph, pw = -h % m, -w % m
+        if ph or pw:
+            x = F.pad(x, [0, pw, 0, ph], mode="reflect" if ph < h and pw < w else "replicate")
+        out.append(unet(x)[..., :h, :w].argmax(1).to(torch.uint8).cpu().numpy())
+    unet.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, *images_uint8.shape[1:3]), np.uint8)
+
+
+def save_unet(unet: UNet, path: str | os.PathLike, class_names: list[str], extra: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    from ganseg.images import write_atomic
+
+    meta = {"format": UNET_FORMAT, "unet_config": json.dumps(unet.cfg.to_dict()),
+            "class_names": json.dumps(list(class_names)), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    write_atomic(path, save(state, metadata=meta))
+
+
+DEFAULT_UNET = Path(__file__).parent / "weights" / "default_unet.safetensors"
+
+
+def load_unet(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> UNet:
+    """A trained UNet (eval mode) from OUT/ or OUT/unet.safetensors; `.class_names`, `.meta` attached.
+
+    path None: the bundled default UNet (auto-shot, distilled from the bundled generator).
+    """
+    from safetensors import safe_open
+
+    path = Path(path) if path is not None else DEFAULT_UNET
+    if path.is_dir():
+        path = path / "unet.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"UNet weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != UNET_FORMAT:
+                raise ValueError(f"{path}: not a ganseg UNet file (format={meta.get('format')!r})")
+            cfg = UNetConfig(**json.loads(meta["unet_config"]))
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: corrupt UNet file ({exc})") from None
+    unet = UNet(cfg)
+    try:
+        unet.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit its UNetConfig ({str(exc)[:200]})") from None
+    unet.class_names = json.loads(meta["class_names"])
+    unet.meta = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "unet_config")}
+    return unet.eval().to(device)

@@ -16,7 +16,8 @@ from ganseg.cli import main
 from ganseg.heads import HeadEnsemble, head_for, load_head, save_head
 from ganseg.synthesize import (SynthConfig, load_synth_dataset, parse_part, part_from_env, read_manifest,
                                synthesis_throughput, synthesize_dataset)
-from ganseg.training.train_unet import UNetTrainConfig, UNetTrainer, load_unet, segment_with_unet, synth_data
+from ganseg.training.train_unet import UNetTrainConfig, UNetTrainer, synth_data
+from ganseg.unet import load_unet, segment_with_unet
 
 
 @pytest.fixture(scope="module")

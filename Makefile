@@ -14,6 +14,10 @@ venv: $(BIN)/ganseg
 
 demo: venv
 	$(BIN)/ganseg sample --seeds 0-15 --truncation 0.7 --out runs/demo
+	# ... then deployment: serve the bundled default UNet with the real Triton server (free loopback
+	# ports), segment rendered "real" photos through it, stop the server (docs/serving.md)
+	$(BIN)/ganseg render --split test --n 6 --res 128 --out runs/demo/photos
+	$(BIN)/ganseg client runs/demo/photos --serve --out runs/demo/triton_masks
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,10 +33,12 @@ import numpy as np
 import torch
 
 from ganseg.evaluate import markdown_table, score_row
-from ganseg.faces import CLASS_NAMES, PALETTE, render_faces, split_seeds
+from ganseg.faces import render_faces, split_seeds
+from ganseg.labels import CLASS_NAMES, PALETTE
 from ganseg.images import from_uint8, make_grid, overlay, save_png, write_atomic
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, pyplot, save_figure, write_json, write_text  # noqa: E402
 SHOTS = (1, 5, 10)
 REAL_N = (10, 100, 1000)
 # recipe variants of the auto-shot student (job `autoK:NAME`), each against the base recipe
@@ -248,33 +251,30 @@ class Runner:
         goals.update({f"auto_minus_invert_{k}shot": auto[k] - inv[k] for k in auto if k in inv})
         timing = {f"synth_k{k}": json.loads((self.out / f"synth_k{k}" / "timing.json").read_text())
                   for k in SHOTS if (self.out / f"synth_k{k}" / "timing.json").is_file()}
-        results = {"config": asdict(self.cfg), "resolution": self.G.resolution, "classes": names,
+        results = {"environment": environment(), "config": asdict(self.cfg), "resolution": self.G.resolution,
+                   "classes": names,
                    "psnr_test_mean": inv_doc["psnr_test_mean"], "psnr_shots_mean": inv_doc["psnr_shots_mean"],
                    "rows": rows, "ratios": goals, "synthesis_timing": timing}
         self.results.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.results / "autoshot_eval.json", (json.dumps(results, indent=1) + "\n").encode())
+        write_json(self.results / "autoshot_eval.json", results)
         md = markdown_table(results, shots_header="shots / N")
         md += "\n| method | shots / N | mIoU, " + f"{self.cfg.n_test} test images | mIoU, " \
               f"{self.cfg.n_test_unet} test images |\n|---|---:|---:|---:|\n"
         md += "".join(f"| {r['method']} | {r['shots']} | {r['miou']:.3f} | {r['miou_large_test']:.3f} |\n"
                       for r in rows if "miou_large_test" in r)
         md += "\n" + "".join(f"- {k}: {v:.3f}\n" for k, v in goals.items())
-        write_atomic(self.results / "autoshot_eval.md", md.encode())
+        write_text(self.results / "autoshot_eval.md", md)
         show = min(8, self.cfg.n_test)
         self.figures(test_img[:show], test_lab[:show], {k: v[:show] for k, v in preds.items()}, rows)
         print(md)
         return results
 
     def figures(self, img: np.ndarray, lab: np.ndarray, preds: dict[str, np.ndarray], rows: list[dict]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         panels = [img, overlay(img, lab, PALETTE)] + [overlay(img, p, PALETTE) for p in preds.values()]
         save_png(self.results / "autoshot_overlays.png", make_grid(np.concatenate(panels), ncols=len(img)))
-        (self.results / "autoshot_overlays.txt").write_text(
-            "rows, top to bottom: test image, ground truth, " + ", ".join(preds) + "\n")
+        write_text(self.results / "autoshot_overlays.txt",
+                   "rows, top to bottom: test image, ground truth, " + ", ".join(preds) + "\n")
         # what the students learn from: generated images and the head's labels (k = most shots)
         k = max(SHOTS)
         if (self.out / f"synth_k{k}" / "timing.json").is_file():
@@ -300,9 +300,7 @@ class Runner:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        write_atomic(self.results / "autoshot_miou.png", buf.getvalue())
+        save_figure(fig, self.results / "autoshot_miou.png")
 
 
 def main() -> None:

@@ -5,13 +5,13 @@ Nothing here executes code from a checkpoint:
   rosinality checkpoints carry their training args);
 - NVlabs `.pkl` files embed Python source; `ganseg.safe_pickle` rebuilds tensors and plain data
   only and never imports or runs that source;
-- ganseg's own format is safetensors (no pickle at all) with the config as JSON metadata.
+- ganseg's own format is a tagged safetensors file (`ganseg.tagged`: no pickle at all) with the
+  config as JSON metadata.
 Every source is converted into `ganseg.stylegan2.Generator`'s parameter names.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import re
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ganseg.images import write_atomic
+from ganseg import tagged
+from ganseg.errors import UserError
 from ganseg.stylegan2 import Generator, GeneratorConfig, blur_kernel_2d, resolutions_up_to
 
 GANSEG_FORMAT = "ganseg.stylegan2/1"
@@ -28,7 +29,7 @@ DEFAULT_GENERATOR = Path(__file__).parent / "weights" / "default_generator.safet
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, corrupt, unsafe or of an unsupported kind."""
 
 
@@ -41,6 +42,9 @@ def load_generator(path: str | os.PathLike | None = None, device: str | torch.de
     With no path, loads ganseg's bundled default generator (trained on the procedural face domain).
     """
     path = Path(path) if path is not None else DEFAULT_GENERATOR
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint: pass the generator file inside it "
+                              f"(a .safetensors, rosinality .pt or NVlabs .pkl)")
     if not path.is_file():
         hint = " (the bundled default generator is missing from this install)" if path == DEFAULT_GENERATOR else ""
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
@@ -75,13 +79,11 @@ def read_generator_state(path: Path) -> tuple[GeneratorConfig, dict[str, torch.T
 # ganseg's own format
 
 def save_generator(G: Generator, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                   extra_metadata: dict[str, str] | None = None) -> None:
-    """Write weights (fp16 storage is fine for shipping) + JSON config; atomic (temp + rename)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in G.state_dict().items()}
-    meta = {"format": GANSEG_FORMAT, "config": json.dumps(G.cfg.to_dict()), **(extra_metadata or {})}
-    write_atomic(path, save(state, metadata=meta))
+                   extra_metadata: dict | None = None) -> None:
+    """Write weights (fp16 storage is fine for shipping) + JSON config as a tagged safetensors file
+    (`ganseg.tagged`; atomic). `extra_metadata` values are stored JSON-encoded."""
+    state = {k: v.detach().to("cpu", dtype) for k, v in G.state_dict().items()}
+    tagged.save(path, state, GANSEG_FORMAT, {"config": G.cfg.to_dict(), **(extra_metadata or {})})
 
 
 def _looks_like_safetensors(path: Path, head: bytes) -> bool:
@@ -90,21 +92,17 @@ def _looks_like_safetensors(path: Path, head: bytes) -> bool:
 
 
 def _read_ganseg(path: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != GANSEG_FORMAT:
-                raise CheckpointError(f"{path}: safetensors file is not a ganseg generator "
-                                      f"(format={meta.get('format')!r}, expected {GANSEG_FORMAT!r})")
-            cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
-    except CheckpointError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from exc
-    return cfg, state
+        tensors, meta = tagged.load(path, GANSEG_FORMAT, what="ganseg generator",
+                                    hint="save generators with ganseg.save_generator or `ganseg train-gan`")
+    except tagged.TaggedFileError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        cfg = GeneratorConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its generator config is missing or invalid ({type(exc).__name__}: "
+                              f"{exc}); re-save it with ganseg.save_generator") from None
+    return cfg, {k: v.float() for k, v in tensors.items()}
 
 
 # --------------------------------------------------------------------------------------------

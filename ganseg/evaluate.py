@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganseg.errors import BadInput
 from ganseg.images import make_grid, overlay, save_png, to_uint8, write_atomic
 
 
@@ -40,7 +41,7 @@ def score_row(method: str, shots: int, pred, target, class_names: list[str], **e
     """A table row: mIoU and per-class IoU of label maps `pred` against `target` (any int arrays)."""
     pred, target = torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(target))
     if pred.shape != target.shape:
-        raise ValueError(f"predictions {list(pred.shape)} and targets {list(target.shape)} differ in shape")
+        raise BadInput(f"predictions {list(pred.shape)} and targets {list(target.shape)} differ in shape")
     conf = confusion_matrix(pred, target, len(class_names))
     ious = iou_per_class(conf)
     return {"method": method, "shots": shots, "miou": mean_iou(conf),
@@ -53,7 +54,7 @@ def predict_from_inversion(G, head, inv, batch: int = 8) -> torch.Tensor:
     preds = []
     for i in range(0, len(inv.ws), batch):
         noise = [n[i: i + batch] for n in inv.noise]
-        _, feats = G.synthesize(w=inv.ws[i: i + batch], noise=noise, return_features=True)
+        _, feats = G.synthesize_features(w=inv.ws[i: i + batch], noise=noise)
         out = head(feats)
         probs = out[0] if isinstance(out, tuple) else out  # ensembles return (probs, uncertainty)
         preds.append(probs.argmax(1))
@@ -70,7 +71,8 @@ class EvalConfig:
 
 
 def run_protocol(G, cfg: EvalConfig, D=None, out: Path | None = None) -> dict:
-    from ganseg.faces import CLASS_NAMES, PALETTE, render_faces, split_seeds
+    from ganseg.faces import render_faces, split_seeds
+    from ganseg.labels import CLASS_NAMES, PALETTE
     from ganseg.images import from_uint8
     from ganseg.invert import InvertConfig, invert
     from ganseg.shots import Shots
@@ -120,24 +122,44 @@ def markdown_table(results: dict, shots_header: str = "shots") -> str:
 # CLI: ganseg eval
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import positive_int
+
     d = EvalConfig()
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")
-    p.add_argument("--heads", default=",".join(d.heads))
-    p.add_argument("--shots", default=",".join(map(str, d.shots)))
-    p.add_argument("--n-test", type=int, default=d.n_test)
-    p.add_argument("--invert-steps", type=int, default=d.invert_steps)
-    p.add_argument("--head-steps", type=int, default=d.head_steps)
+    p.add_argument("--heads", default=",".join(d.heads), help="comma-separated head kinds: linear, mlp, cnn")
+    p.add_argument("--shots", default=",".join(map(str, d.shots)), help="comma-separated shot counts")
+    p.add_argument("--n-test", type=positive_int, default=d.n_test, help="held-out test images")
+    p.add_argument("--invert-steps", type=positive_int, default=d.invert_steps)
+    p.add_argument("--head-steps", type=positive_int, default=d.head_steps)
     p.add_argument("--out", default="benchmarks/results", help="folder for JSON, table and overlays")
 
 
 def run(args: argparse.Namespace) -> int:
     from ganseg.checkpoints import load_generator
     from ganseg.invert import default_discriminator_for, load_discriminator
+    from ganseg.paths import check_out_dir
 
+    heads = tuple(h.strip() for h in args.heads.split(","))
+    bad = [h for h in heads if h not in ("linear", "mlp", "cnn")]
+    if bad:
+        raise BadInput(f"--heads {args.heads}: unknown kind(s) {bad}; use linear, mlp and/or cnn, e.g. --heads cnn")
+    try:
+        shots = tuple(int(s) for s in args.shots.split(","))
+    except ValueError:
+        raise BadInput(f"--shots {args.shots}: expected comma-separated integers, e.g. --shots 1,5,10") from None
+    if any(k < 1 for k in shots):
+        raise BadInput(f"--shots {args.shots}: shot counts must be >= 1")
+    from ganseg.faces import split_seeds
+
+    try:  # pure: its ValueErrors are about these counts
+        split_seeds("test", args.n_test), split_seeds("train", max(shots))
+    except ValueError as exc:
+        raise BadInput(f"--n-test {args.n_test} / --shots {args.shots}: {exc}; pass smaller counts") from None
+    out = check_out_dir(args.out)
     G = load_generator(args.ckpt)
     D = load_discriminator(default_discriminator_for(args.ckpt))
-    cfg = EvalConfig(heads=tuple(args.heads.split(",")), shots=tuple(int(s) for s in args.shots.split(",")),
-                     n_test=args.n_test, invert_steps=args.invert_steps, head_steps=args.head_steps)
-    results = run_protocol(G, cfg, D, Path(args.out))
+    cfg = EvalConfig(heads=heads, shots=shots, n_test=args.n_test, invert_steps=args.invert_steps,
+                     head_steps=args.head_steps)
+    results = run_protocol(G, cfg, D, out)
     print(markdown_table(results))
     return 0

@@ -5,7 +5,8 @@ Why this exists: the ReGAN recipe needs (a) a pool of real images to train a Sty
 face photos are available offline, so ganseg renders its own domain. Because the renderer knows
 every shape it draws, the label maps are *exact* for what is visible, not hand annotations.
 
-Class order (index = pixel value in label maps; ReGAN's CelebAMask-HQ-10 order)::
+Class order (index = pixel value in label maps; ReGAN's CelebAMask-HQ-10 order; the mask files
+themselves, PALETTE and labels.json are ganseg.labels' format)::
 
     0 background  1 skin  2 hair  3 eyebrow  4 eye  5 mouth  6 nose  7 ear  8 neck  9 cloth
 
@@ -42,7 +43,6 @@ thread per CPU (set GANSEG_RENDER_THREADS to override).
 """
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +50,9 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from ganseg.images import save_png, write_atomic
+# The renderer draws in the mask format's default classes; label files are ganseg.labels' business.
+from ganseg.labels import CLASS_NAMES, PALETTE
 
 __all__ = [
     "CLASS_NAMES",
@@ -61,33 +61,9 @@ __all__ = [
     "FaceRenderConfig",
     "render_faces",
     "split_seeds",
-    "save_label_png",
-    "load_label_png",
-    "write_labels_json",
 ]
 
-CLASS_NAMES: tuple[str, ...] = (
-    "background", "skin", "hair", "eyebrow", "eye", "mouth", "nose", "ear", "neck", "cloth",
-)
-BACKGROUND, SKIN, HAIR, EYEBROW, EYE, MOUTH, NOSE, EAR, NECK, CLOTH = range(10)
-
-# Overlay colours (CelebAMask-HQ-like where those are distinct), one row per class.
-PALETTE: np.ndarray = np.array(
-    [
-        [0, 0, 0],  # background
-        [204, 0, 0],  # skin
-        [0, 0, 204],  # hair
-        [0, 255, 255],  # eyebrow
-        [255, 255, 0],  # eye
-        [255, 0, 255],  # mouth
-        [76, 153, 0],  # nose
-        [153, 76, 0],  # ear
-        [255, 153, 51],  # neck
-        [0, 204, 0],  # cloth
-    ],
-    dtype=np.uint8,
-)
-PALETTE.setflags(write=False)
+BACKGROUND, SKIN, HAIR, EYEBROW, EYE, MOUTH, NOSE, EAR, NECK, CLOTH = range(10)  # = CLASS_NAMES order
 
 SPLITS: dict[str, tuple[int, int]] = {
     "train": (0, 1_000_000),
@@ -245,25 +221,55 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     """All random choices of one face, drawn from its own generator so batches never interact.
 
     Returns scalar parameters (floats, head-local units where the face half-height is ~0.43) and
-    value-noise control grids. Draw order is fixed; changing it changes every image.
+    value-noise control grids. Draw order is fixed: the per-part samplers below run in this order
+    and each draws in a fixed order; changing either changes every image (tests/test_house.py).
     """
     rng = np.random.default_rng([int(seed), 0x6A5E9])
     r = _Rand(rng)
     p: dict[str, float] = {}
-    u = r.uniform
+    cols: dict[str, np.ndarray] = {}
+    _sample_pose(r, p)
+    _sample_face_shape(r, p)
+    _sample_eyes(r, p)
+    _sample_eyebrows(r, p)
+    _sample_nose(r, p)
+    _sample_mouth(r, p)
+    _sample_ears(r, p)
+    _sample_clothes(r, p)
+    _sample_hair(r, p)
+    _sample_light(r, p, cfg)
+    _sample_colours(r, p, cols)
+    _sample_background(r, p, cols)
+    _sample_camera(r, p, cols, cfg)
+    grids = _sample_grids(rng)
+    for name, c in cols.items():
+        for ch in range(3):
+            p[f"c_{name}{ch}"] = float(c[ch])
+    # sensor-noise seed, drawn last: the pixel noise itself is made at render resolution
+    p["noise_seed"] = float(rng.integers(0, 2**31 - 1))
+    return p, grids
 
-    # ---- pose: head centre (image coords in [-1, 1]), scale, roll, yaw-like asymmetry
+
+def _sample_pose(r: _Rand, p: dict[str, float]) -> None:
+    """Head centre (image coords in [-1, 1]), scale, roll, yaw-like asymmetry."""
+    u = r.uniform
     p["s"] = u(1.2, 1.75)
     p["cx"] = u(-0.15, 0.15)
     p["cy"] = u(-0.14, 0.06)
     p["roll"] = float(np.clip(r.normal(0.0, 0.12), -0.3, 0.3))
     p["yaw"] = u(-0.45, 0.45)
-    # ---- face shape
+
+
+def _sample_face_shape(r: _Rand, p: dict[str, float]) -> None:
+    u = r.uniform
     p["a"] = u(0.29, 0.36)  # half width
     p["b"] = u(0.40, 0.47)  # half height
     p["jaw"] = u(0.0, 0.35)  # lower-face narrowing
     p["jaw_p"] = u(1.8, 3.2)  # lower-face superellipse exponent (square jaw when large)
-    # ---- eyes
+
+
+def _sample_eyes(r: _Rand, p: dict[str, float]) -> None:
+    u = r.uniform
     p["ey"] = -p["b"] * u(0.0, 0.14)
     p["ex"] = p["a"] * u(0.36, 0.46)
     p["ew"] = p["a"] * u(0.17, 0.23)
@@ -271,18 +277,27 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     p["eye_tilt"] = u(-0.15, 0.2)
     p["gaze"] = u(-0.35, 0.35)
     p["iris_r"] = u(0.5, 0.68)  # x ew
-    # ---- eyebrows
+
+
+def _sample_eyebrows(r: _Rand, p: dict[str, float]) -> None:
+    u = r.uniform
     p["brow_gap"] = p["b"] * u(0.06, 0.13)
     p["brow_w"] = u(1.05, 1.4)  # x ew
     p["brow_th"] = p["b"] * u(0.022, 0.05)
     p["brow_arch"] = p["b"] * u(0.0, 0.07)
     p["brow_slope"] = p["b"] * u(-0.03, 0.04)
-    # ---- nose
+
+
+def _sample_nose(r: _Rand, p: dict[str, float]) -> None:
+    u = r.uniform
     p["nose_ty"] = p["b"] * u(0.16, 0.3)
     p["nose_w"] = p["a"] * u(0.13, 0.2)
     p["nose_bw"] = p["a"] * u(0.05, 0.09)
     p["nose_h"] = p["b"] * u(0.05, 0.085)
-    # ---- mouth
+
+
+def _sample_mouth(r: _Rand, p: dict[str, float]) -> None:
+    u = r.uniform
     p["my"] = p["b"] * u(0.5, 0.64)
     p["mw"] = p["a"] * u(0.27, 0.42)
     p["ul"] = p["b"] * u(0.035, 0.07)
@@ -291,12 +306,19 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     p["teeth"] = float(r.random() < 0.6)
     p["smile"] = u(-0.2, 0.8)
     p["cupid"] = u(0.0, 1.0)
-    # ---- ears
+
+
+def _sample_ears(r: _Rand, p: dict[str, float]) -> None:
+    u = r.uniform
     p["ear_x"] = u(0.95, 1.02)
     p["ear_y"] = p["b"] * u(0.04, 0.14)
     p["ear_rx"] = p["a"] * u(0.12, 0.18)
     p["ear_ry"] = p["b"] * u(0.17, 0.24)
-    # ---- neck and clothes (torso is not rolled with the head)
+
+
+def _sample_clothes(r: _Rand, p: dict[str, float]) -> None:
+    """Neck width and the torso (which is not rolled with the head), neckline, collar, stripes."""
+    u = r.uniform
     p["neck_w"] = p["a"] * u(0.42, 0.6)
     p["sh_y0"] = p["b"] * u(0.95, 1.3)
     p["sh_rx"] = u(0.95, 1.5)
@@ -312,7 +334,11 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     p["stripes"] = float(r.random() < 0.3)
     p["stripe_f"] = u(8.0, 30.0)
     p["stripe_ang"] = u(0.0, np.pi)
-    # ---- hair
+
+
+def _sample_hair(r: _Rand, p: dict[str, float]) -> None:
+    """Style (bald / long / bangs / ears covered), outline, hairline, long-hair curtain, strands."""
+    u = r.uniform
     style = r.random()
     bald = style < 0.07
     p["bald"] = float(bald)
@@ -338,11 +364,19 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     p["long_jag"] = p["b"] * u(0.0, 0.12)
     p["hair_strand_f"] = u(25.0, 70.0)
     p["hair_strand_a"] = u(0.04, 0.18)
-    # ---- lighting and colours
+
+
+def _sample_light(r: _Rand, p: dict[str, float], cfg: FaceRenderConfig) -> None:
+    """Direction and strength of the light gradient (no strength draw when light_max is 0)."""
+    u = r.uniform
     ang = u(0.0, 2 * np.pi)
     p["light"] = u(0.05, cfg.light_max) if cfg.light_max > 0 else 0.0
     p["lx"], p["ly"] = float(np.cos(ang)), float(np.sin(ang))
-    cols: dict[str, np.ndarray] = {}
+
+
+def _sample_colours(r: _Rand, p: dict[str, float], cols: dict[str, np.ndarray]) -> None:
+    """Skin, hair, brow, lip, eye, clothing and the four background colours."""
+    u = r.uniform
     skin = _skin_colour(r)
     hair = _hair_colour(r)
     cols["skin"] = skin
@@ -361,7 +395,11 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     cols["collar"] = _scene_colour(r) if r.random() < 0.6 else np.full(3, u(0.8, 0.97))
     for i in range(4):
         cols[f"bg{i}"] = _scene_colour(r)
-    # ---- background layout
+
+
+def _sample_background(r: _Rand, p: dict[str, float], cols: dict[str, np.ndarray]) -> None:
+    """Gradient, texture, blob and stripe strengths, and two optional rectangles."""
+    u = r.uniform
     p["bg_ang"] = u(0.0, 2 * np.pi)
     p["bg_grad"] = u(0.0, 0.8)
     p["bg_noise"] = u(0.0, 0.25)
@@ -378,7 +416,11 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
         p[f"rect{i}_w"] = u(0.05, 0.6)
         p[f"rect{i}_h"] = u(0.05, 0.8)
         cols[f"rect{i}"] = _scene_colour(r)
-    # ---- camera
+
+
+def _sample_camera(r: _Rand, p: dict[str, float], cols: dict[str, np.ndarray], cfg: FaceRenderConfig) -> None:
+    """Exposure, white balance (a colour), vignette, blur sigma and noise level."""
+    u = r.uniform
     p["exposure"] = u(1 - cfg.exposure_jitter, 1 + cfg.exposure_jitter)
     tint = 1.0 + r.uniform3(-cfg.tint_jitter, cfg.tint_jitter)
     cols["tint"] = tint
@@ -386,7 +428,10 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
     p["blur"] = u(0.0, cfg.blur_max)
     p["noise"] = u(0.004, max(cfg.noise_max, 0.004))
 
-    grids = {
+
+def _sample_grids(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Value-noise control grids, drawn straight from the generator after the buffered scalars."""
+    return {
         "bg1": rng.uniform(-1, 1, (3, _G_BG1, _G_BG1)),
         "bg2": rng.uniform(-1, 1, (3, _G_BG2, _G_BG2)),
         "blob": rng.uniform(-1, 1, (1, _G_BLOB, _G_BLOB)),
@@ -395,12 +440,6 @@ def _sample_params(seed: int, cfg: FaceRenderConfig) -> tuple[dict[str, float], 
         "cloth": rng.uniform(-1, 1, (1, _G_CLOTH, _G_CLOTH)),
         "edge": rng.uniform(-1, 1, (1, _G_EDGE, _G_EDGE)),
     }
-    for name, c in cols.items():
-        for ch in range(3):
-            p[f"c_{name}{ch}"] = float(c[ch])
-    # sensor-noise seed, drawn last: the pixel noise itself is made at render resolution
-    p["noise_seed"] = float(rng.integers(0, 2**31 - 1))
-    return p, grids
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,16 +553,36 @@ def _pick(mask: np.ndarray, a, b):
 _OFF = _F(1e3)  # distance that puts a switched-off layer far outside every pixel
 
 
-def _render_batch(
-    params: list[dict[str, float]], grids: list[dict[str, np.ndarray]], cfg: FaceRenderConfig
-) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class _Frame:
+    """Per-batch parameters and the coordinate fields every part is drawn in.
+
+    P holds [N, 1, 1] parameter arrays, G [N, C, g, g] noise grids. x, y are head-local (rolled
+    with the head), xt, yt torso-local (upright); all are [N, R, R]. ppu is pixels per head unit.
+    """
+
+    P: dict[str, np.ndarray]
+    G: dict[str, np.ndarray]
+    R: int
+    u: np.ndarray
+    v: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    xt: np.ndarray
+    yt: np.ndarray
+    ppu: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    yaw: np.ndarray
+    fx: np.ndarray  # horizontal shift of the facial features
+    light: np.ndarray  # directional light gradient (a multiplier), head-local
+
+
+def _frame(params: list[dict[str, float]], grids: list[dict[str, np.ndarray]], R: int) -> _Frame:
     n = len(params)
-    R = cfg.resolution
     P = {k: np.array([p[k] for p in params], dtype=_F).reshape(n, 1, 1) for k in params[0]}
     G = {k: np.stack([g[k] for g in grids]).astype(_F) for k in grids[0]}
     u, v = _pixel_grid(R)
-
-    # ---------------- coordinates
     s = P["s"]
     dx, dy = u - P["cx"], v - P["cy"]
     cr, sr = np.cos(P["roll"]), np.sin(P["roll"])
@@ -534,17 +593,50 @@ def _render_batch(
     ppu = (s * (R / 2.0)).astype(_F)
     a, b = P["a"], P["b"]
     yaw = P["yaw"]
-    fx = yaw * a * 0.32  # horizontal shift of the facial features
-
+    fx = yaw * a * 0.32
     # Light: a linear gradient in head-local coordinates.
     light = 1.0 + P["light"] * (P["lx"] * x / (a * 1.6) + P["ly"] * y / (b * 1.6))
+    return _Frame(P, G, R, u, v, x, y, xt, yt, ppu, a, b, yaw, fx, light)
 
-    # ---------------- background
-    tex = 0.6 * _value_noise(G["bg1"], R) + 0.4 * _value_noise(G["bg2"], R)  # [N, 3, R, R]
+
+@dataclass
+class _Hair:
+    """Fields shared by the back and front hair layers."""
+
+    colour: np.ndarray  # [N, 3, R, R]
+    d_outer: np.ndarray  # outer silhouette, noisy edge
+    edge_noise: np.ndarray
+
+
+def _render_batch(
+    params: list[dict[str, float]], grids: list[dict[str, np.ndarray]], cfg: FaceRenderConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a batch of faces, back to front (see the module docstring for the painter's order)."""
+    f = _frame(params, grids, cfg.resolution)
+    pt = _Painter(_background(f), f.ppu, cfg.antialias)
+    d_cloth = _paint_cloth(f, pt)
+    hair = _hair_fields(f)
+    _paint_long_hair(f, pt, hair)
+    skin_noise = _value_noise(f.G["skin"], f.R)[:, 0]
+    _paint_neck(f, pt, d_cloth, skin_noise)
+    _paint_ears(f, pt)
+    d_face, rim = _paint_face(f, pt, skin_noise)
+    _paint_nose(f, pt, d_face, rim)
+    _paint_mouth(f, pt, d_face)
+    xe, sgn, ewv = _paint_eyes(f, pt, d_face)
+    _paint_eyebrows(f, pt, d_face, xe, sgn, ewv)
+    _paint_front_hair(f, pt, hair, d_face)
+    return _camera(f, pt.img, params, cfg), pt.lab
+
+
+def _background(f: _Frame) -> np.ndarray:
+    """[N, 3, R, R] float32: gradient, texture, blob, stripes and rectangles."""
+    P, R, u, v = f.P, f.R, f.u, f.v
+    tex = 0.6 * _value_noise(f.G["bg1"], R) + 0.4 * _value_noise(f.G["bg2"], R)  # [N, 3, R, R]
     t = _smooth(0.5 + P["bg_grad"] * (u * np.cos(P["bg_ang"]) + v * np.sin(P["bg_ang"])))
     img = _col(P, "bg0") + t[:, None] * (_col(P, "bg1") - _col(P, "bg0"))
     img = img + P["bg_noise"][:, None] * tex
-    blob = _value_noise(G["blob"], R)[:, 0]
+    blob = _value_noise(f.G["blob"], R)[:, 0]
     ba = _smooth((blob - P["bg_blob_t"]) * 6.0) * P["bg_blob"]
     img = img + ba[:, None] * (_col(P, "bg2") - img)
     st = np.sin(P["bg_stripe_f"] * (u * np.cos(P["bg_stripe_ang"]) + v * np.sin(P["bg_stripe_ang"])))
@@ -556,9 +648,12 @@ def _render_batch(
         )
         ra = np.clip(0.5 - dr * (R / 2.0), 0.0, 1.0) * P[f"rect{i}_on"]
         img = img + ra[:, None] * (_col(P, f"rect{i}") - img)
-    pt = _Painter(np.ascontiguousarray(img, dtype=_F), ppu, cfg.antialias)
+    return np.ascontiguousarray(img, dtype=_F)
 
-    # ---------------- cloth (upright torso, neckline cut, optional collar and stripes)
+
+def _paint_cloth(f: _Frame, pt: _Painter) -> np.ndarray:
+    """Upright torso with a neckline cut, optional collar and stripes; returns its distance."""
+    P, xt, yt, b, ppu = f.P, f.xt, f.yt, f.b, f.ppu
     X = np.abs(xt) / P["sh_rx"]
     Y = np.minimum(yt - (P["sh_y0"] + P["sh_ry"]), 0.0) / P["sh_ry"]
     pexp = P["sh_p"]
@@ -570,7 +665,7 @@ def _render_batch(
     d_v = (np.abs(xt) - P["nl_w"] * np.clip((top + v_depth - yt) / v_depth, 0, None)) * 0.8
     d_cut = _pick(P["neckline"] == 0, d_round, _pick(P["neckline"] == 1, d_v, _OFF))
     d_cloth = np.maximum(d_body, -d_cut)
-    cn = _value_noise(G["cloth"], R)[:, 0]
+    cn = _value_noise(f.G["cloth"], f.R)[:, 0]
     cshade = 1.0 + 0.12 * cn + 0.5 * P["light"] * P["lx"] * xt / 1.2
     sarg = P["stripe_f"] * (xt * np.cos(P["stripe_ang"]) + yt * np.sin(P["stripe_ang"]))
     sw = _smooth(np.sin(sarg) * 2.0 + 0.5) * P["stripes"]
@@ -578,38 +673,46 @@ def _render_batch(
     collar = _smooth((P["collar_w"] - d_cut) * ppu * 0.7) * (P["collar"] * (P["neckline"] < 2))
     ccol = ccol + collar[:, None] * (_col(P, "collar") - ccol)
     pt.paint(d_cloth, ccol * cshade[:, None], CLOTH)
+    return d_cloth
 
-    # ---------------- hair colour field (shared by the back and front hair layers)
-    hn = _value_noise(G["hair"], R)[:, 0]
-    # strands fan out from a point above the crown, wavy by the hair noise
+
+def _hair_fields(f: _Frame) -> _Hair:
+    """Hair colour (strands fan out from above the crown, wavy by the hair noise) and outline."""
+    P, x, y, a, b = f.P, f.x, f.y, f.a, f.b
+    hn = _value_noise(f.G["hair"], f.R)[:, 0]
     fan = x / np.maximum(y + 1.7 * b, 0.1 * b)
     strands = np.sin(P["hair_strand_f"] * 0.6 * b * fan + 2.5 * hn)
-    hshade = light * (1.0 + P["hair_strand_a"] * strands + 0.04 * hn)
+    hshade = f.light * (1.0 + P["hair_strand_a"] * strands + 0.04 * hn)
     hcol = _col(P, "hair") * hshade[:, None]
-
-    # outer hair silhouette, with a noisy edge
-    en = _value_noise(G["edge"], R)[:, 0]
+    en = _value_noise(f.G["edge"], f.R)[:, 0]
     d_outer = _ellipse_d(x, y + P["ho_c"] * b, P["ho_x"] * a, P["ho_y"] * b) + P["ho_amp"] * en
+    return _Hair(hcol, d_outer, en)
 
-    # ---------------- long hair behind the head
-    # a curtain from head height down to long_y, widening from the hair outline downwards
+
+def _paint_long_hair(f: _Frame, pt: _Painter, hair: _Hair) -> None:
+    """A curtain behind the head from head height down to long_y, widening downwards."""
+    P, x, y, a = f.P, f.x, f.y, f.a
     w0 = 0.97 * P["ho_x"] * a
     wcol = w0 + (P["long_w"] * a - w0 + P["long_flare"] * a) * np.clip(y / P["long_y"], 0, 1)
-    jag = P["long_jag"] * np.sin(x / a * 9.0 + 3.0 * en)
+    jag = P["long_jag"] * np.sin(x / a * 9.0 + 3.0 * hair.edge_noise)
     d_col = np.maximum(np.maximum(np.abs(x) - wcol, y - (P["long_y"] + jag)), -y)
-    d_long = np.minimum(d_outer, d_col) + (P["long"] <= 0) * _OFF
-    pt.paint(d_long, hcol * 0.85, HAIR)
+    d_long = np.minimum(hair.d_outer, d_col) + (P["long"] <= 0) * _OFF
+    pt.paint(d_long, hair.colour * 0.85, HAIR)
 
-    # ---------------- neck (behind the clothes)
+
+def _paint_neck(f: _Frame, pt: _Painter, d_cloth: np.ndarray, skin_noise: np.ndarray) -> None:
+    """The neck, behind the clothes."""
+    P, x, y, b = f.P, f.x, f.y, f.b
     nw = P["neck_w"] * (1.0 + 0.3 * np.clip((y - b) / b, 0, None))
-    d_neck = np.maximum(np.abs(x - fx * 0.3) - nw, 0.2 * b - y)
+    d_neck = np.maximum(np.abs(x - f.fx * 0.3) - nw, 0.2 * b - y)
     d_neck = np.maximum(d_neck, -d_cloth)
-    sn = _value_noise(G["skin"], R)[:, 0]
-    skin = _col(P, "skin")
-    nshade = light * (0.72 + 0.2 * _smooth((y - b * 0.95) / (0.35 * b))) * (1.0 + 0.03 * sn)
-    pt.paint(d_neck, skin * nshade[:, None], NECK)
+    nshade = f.light * (0.72 + 0.2 * _smooth((y - b * 0.95) / (0.35 * b))) * (1.0 + 0.03 * skin_noise)
+    pt.paint(d_neck, _col(P, "skin") * nshade[:, None], NECK)
 
-    # ---------------- ears (left/right chosen per pixel by side of the head)
+
+def _paint_ears(f: _Frame, pt: _Painter) -> None:
+    """Both ears at once: left or right is chosen per pixel by the side of the head."""
+    P, x, y, a, yaw = f.P, f.x, f.y, f.a, f.yaw
     right = x > 0
     ex_c = _pick(right, P["ear_x"] * a * (1.0 - 0.3 * yaw), -P["ear_x"] * a * (1.0 + 0.3 * yaw))
     erx = P["ear_rx"] * _pick(right, 1.0 - 0.8 * yaw, 1.0 + 0.8 * yaw)
@@ -618,16 +721,19 @@ def _render_batch(
     d_ear = _ellipse_d(xe, ye, erx, P["ear_ry"])
     side = right * 2.0 - 1.0
     inner = _ellipse_d(xe - side * erx * 0.15, ye + P["ear_ry"] * 0.05, erx * 0.5, P["ear_ry"] * 0.6)
-    eshade = light * (0.9 - 0.25 * _smooth(-inner * ppu * 0.5))
-    pt.paint(d_ear, skin * eshade[:, None], EAR)
+    eshade = f.light * (0.9 - 0.25 * _smooth(-inner * f.ppu * 0.5))
+    pt.paint(d_ear, _col(P, "skin") * eshade[:, None], EAR)
 
-    # ---------------- face (upper half an ellipse, lower half a superellipse with a jaw taper)
+
+def _paint_face(f: _Frame, pt: _Painter, skin_noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upper half an ellipse, lower half a superellipse with a jaw taper; returns (d_face, rim)."""
+    P, x, y, a, b, fx = f.P, f.x, f.y, f.a, f.b, f.fx
     wy = 1.0 - P["jaw"] * np.clip(y / b, 0, 1) ** 2
     pf = _pick(y > 0, P["jaw_p"], _F(2.0))
     qf = ((np.abs(x) / (a * wy)) ** pf + (np.abs(y) / b) ** pf) ** (1.0 / pf)
     d_face = (qf - 1.0) * a
     rim = 1.0 - 0.22 * _smooth((qf - 0.7) / 0.3)
-    fshade = light * rim * (1.0 + 0.035 * sn)
+    fshade = f.light * rim * (1.0 + 0.035 * skin_noise)
     cheek = _blob(np.abs(x - fx), y, a * 0.5, b * 0.25, a * 0.25, b * 0.18)
     warm = np.array([1.0, -0.6, -0.6], dtype=_F).reshape(1, 3, 1, 1)
     # soft shadows cast by the nose and the lower lip (skin colour only; labels unaffected)
@@ -635,11 +741,15 @@ def _render_batch(
     lip_low = P["my"] + P["mo"] + P["ll"] + 0.6 * P["nose_h"]
     lshadow = _blob(x, y, fx * 1.2, lip_low, 0.7 * P["mw"], P["nose_h"])
     fshade = fshade * (1.0 - 0.16 * nshadow - 0.1 * lshadow)
-    fcol = skin * fshade[:, None] * (1.0 + 0.06 * cheek[:, None] * warm)
+    fcol = _col(P, "skin") * fshade[:, None] * (1.0 + 0.06 * cheek[:, None] * warm)
     pt.paint(d_face, fcol, SKIN)
+    return d_face, rim
 
-    # ---------------- nose (bridge trapezoid + tip ellipse, side shading, nostrils)
-    nx = fx * 1.35
+
+def _paint_nose(f: _Frame, pt: _Painter, d_face: np.ndarray, rim: np.ndarray) -> None:
+    """Bridge trapezoid + tip ellipse, side shading, nostrils; clipped to the face."""
+    P, x, y, ppu = f.P, f.x, f.y, f.ppu
+    nx = f.fx * 1.35
     ytop = P["ey"] + P["eh"] * 0.2
     ty = P["nose_ty"]
     frac = np.clip((y - ytop) / (ty - ytop), 0, 1)
@@ -652,13 +762,16 @@ def _render_batch(
     edge = _smooth(1.0 + d_nose * ppu / 3.0)  # darker rim inside the nose outline
     nw_, nh_ = P["nose_w"], P["nose_h"]
     nost = _ellipse_d(np.abs(xn) - nw_ * 0.45, y - ty - nh_ * 0.35, nw_ * 0.24, nh_ * 0.4)
-    nshade = light * rim * (0.95 + 0.22 * side_l - 0.12 * edge) * (1.0 - 0.6 * _smooth(0.5 - nost * ppu))
+    nshade = f.light * rim * (0.95 + 0.22 * side_l - 0.12 * edge) * (1.0 - 0.6 * _smooth(0.5 - nost * ppu))
     tip = _blob(xn, y, -P["lx"] * nw_ * 0.3, ty - nh_ * 0.3, nw_ * 0.35, nw_ * 0.35)
     nshade = nshade + 0.1 * tip
-    pt.paint(d_nose, skin * nshade[:, None], NOSE)
+    pt.paint(d_nose, _col(P, "skin") * nshade[:, None], NOSE)
 
-    # ---------------- mouth (lips + dark inside + teeth, all labelled mouth)
-    mx = fx * 1.2
+
+def _paint_mouth(f: _Frame, pt: _Painter, d_face: np.ndarray) -> None:
+    """Lips, the dark inside and teeth, all labelled mouth."""
+    P, x, y, light = f.P, f.x, f.y, f.light
+    mx = f.fx * 1.2
     tm = (x - mx) / P["mw"]
     t2 = np.minimum(tm * tm, 1.0)
     ym = y - (P["my"] - P["smile"] * P["mw"] * 0.22 * t2)
@@ -673,14 +786,19 @@ def _render_batch(
     mshade = light * (1.0 + 0.12 * (ym > 0) - 0.1 * _smooth(-ym / P["ul"]))
     mcol = _col(P, "lip") * mshade[:, None]
     inside = np.array([0.16, 0.05, 0.05], dtype=_F).reshape(1, 3, 1, 1)
-    ain = np.clip(0.5 - d_in * ppu, 0, 1) * (P["mo"] > 0)
+    ain = np.clip(0.5 - d_in * f.ppu, 0, 1) * (P["mo"] > 0)
     mcol = mcol + ain[:, None] * (inside - mcol)
     teeth = (ym < -inner_h + P["mo"] * 0.7) * ain * P["teeth"]
     white = np.array([0.88, 0.86, 0.8], dtype=_F).reshape(1, 3, 1, 1)
     mcol = mcol + teeth[:, None] * (white * light[:, None] - mcol)
     pt.paint(d_mouth, mcol, MOUTH)
 
-    # ---------------- eyes (almond; sclera, iris, pupil, highlight, lash line)
+
+def _paint_eyes(f: _Frame, pt: _Painter, d_face: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Almond eyes: sclera, iris, pupil, highlight, lash line. Returns the eye frame (xe, sgn, ewv)
+    the eyebrows are drawn in: x from the nearer eye's centre, +1/-1 for the right/left eye, and
+    the (foreshortened) eye half-width."""
+    P, x, y, yaw, light, ppu, fx = f.P, f.x, f.y, f.yaw, f.light, f.ppu, f.fx
     e_right = x > fx
     exc = _pick(e_right, fx + P["ex"] * (1.0 - 0.35 * yaw), fx - P["ex"] * (1.0 + 0.35 * yaw))
     # the eye on the side the face turns away from is foreshortened
@@ -705,8 +823,13 @@ def _render_batch(
     ecol = ecol * ((1.0 - 0.85 * ap) * (1.0 - 0.8 * lash))[:, None]
     ecol = ecol + (0.8 * hl)[:, None] * (1.0 - ecol)
     pt.paint(d_eye, ecol, EYE)
+    return xe, sgn, ewv
 
-    # ---------------- eyebrows (tapered arcs above the eyes)
+
+def _paint_eyebrows(f: _Frame, pt: _Painter, d_face: np.ndarray, xe: np.ndarray, sgn: np.ndarray,
+                    ewv: np.ndarray) -> None:
+    """Tapered arcs above the eyes, in the eyes' frame."""
+    P, x, y = f.P, f.x, f.y
     xb = xe * sgn  # > 0 towards the outer end
     bw = P["brow_w"] * ewv
     tb = np.clip(xb / bw, -1.0, 1.0)
@@ -714,27 +837,34 @@ def _render_batch(
     ycurve = yb0 - P["brow_arch"] * (1.0 - tb * tb) - P["brow_slope"] * tb
     th = P["brow_th"] * (1.0 - 0.45 * ((tb + 1.0) * 0.5) ** 2)
     d_brow = np.maximum(np.maximum(np.abs(y - ycurve) - th, (np.abs(xb) - bw) * 0.5), d_face)
-    bcol = _col(P, "brow") * (light * (1.0 + 0.15 * np.sin(x * 160.0 + y * 60.0)))[:, None]
+    bcol = _col(P, "brow") * (f.light * (1.0 + 0.15 * np.sin(x * 160.0 + y * 60.0)))[:, None]
     pt.paint(d_brow, bcol, EYEBROW)
 
-    # ---------------- hair in front (cap, bangs, side locks)
-    hline = P["hairline"] + P["hl_curv"] * (x / a) ** 2 + P["hl_tilt"] * x / a
-    hline = hline + P["bangs_amp"] * np.abs(np.sin(P["bangs_f"] * x / a + 2.0 * en))
-    d_exposed = np.maximum(d_face, hline - y)
-    side_y = P["side_y"] + 0.04 * b * en
-    d_front = np.maximum(np.maximum(d_outer, -d_exposed), y - side_y) + (P["bald"] > 0) * _OFF
-    pt.paint(d_front, hcol, HAIR)
 
-    # ---------------- camera: exposure + white balance, vignette, blur, sensor noise
+def _paint_front_hair(f: _Frame, pt: _Painter, hair: _Hair, d_face: np.ndarray) -> None:
+    """Hair in front of the face: cap above the hairline, bangs, locks over the ears."""
+    P, x, y, a, b = f.P, f.x, f.y, f.a, f.b
+    hline = P["hairline"] + P["hl_curv"] * (x / a) ** 2 + P["hl_tilt"] * x / a
+    hline = hline + P["bangs_amp"] * np.abs(np.sin(P["bangs_f"] * x / a + 2.0 * hair.edge_noise))
+    d_exposed = np.maximum(d_face, hline - y)
+    side_y = P["side_y"] + 0.04 * b * hair.edge_noise
+    d_front = np.maximum(np.maximum(hair.d_outer, -d_exposed), y - side_y) + (P["bald"] > 0) * _OFF
+    pt.paint(d_front, hair.colour, HAIR)
+
+
+def _camera(f: _Frame, img: np.ndarray, params: list[dict[str, float]], cfg: FaceRenderConfig) -> np.ndarray:
+    """Exposure + white balance, vignette, blur, sensor noise -> uint8 [N, R, R, 3]."""
+    P, R, u, v = f.P, f.R, f.u, f.v
+    n = len(params)
     gain = P["exposure"] * (1.0 - P["vignette"] * 0.5 * (u * u + v * v))
-    img = pt.img * gain[:, None] * _col(P, "tint")
+    img = img * gain[:, None] * _col(P, "tint")
     if cfg.blur_max > 0:
         radius = max(1, int(np.ceil(3.0 * cfg.blur_max * R / 128.0)))
         img = _blur(img, P["blur"].reshape(n) * (R / 128.0), radius)
     noise = np.stack([_sensor_noise(int(q["noise_seed"]), R) for q in params])
     img = img + noise * P["noise"][:, None]
     out = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(out), pt.lab
+    return np.ascontiguousarray(out)
 
 
 def render_faces(
@@ -807,37 +937,16 @@ def split_seeds(split: str, n: int) -> list[int]:
     return list(range(start, start + int(n)))
 
 
-def _palette_bytes() -> list[int]:
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[: len(PALETTE)] = PALETTE
-    return pal.reshape(-1).tolist()
+_MOVED_TO_LABELS = ("save_label_png", "load_label_png", "write_labels_json")
 
 
-def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write a label map as an indexed PNG: pixel values are class indices, colours are PALETTE.
+def __getattr__(name: str):
+    """Label-file I/O moved to ganseg.labels; old `from ganseg.faces import ...` keeps working."""
+    if name in _MOVED_TO_LABELS:
+        import warnings
 
-    Indexed PNGs keep the exact indices (unlike RGB overlays) and still look right in a viewer.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be [H, W], got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
-        raise ValueError(f"label values must be in 0..{len(CLASS_NAMES) - 1}")
-    h, w = labels.shape
-    im = Image.frombytes("P", (w, h), np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-    im.putpalette(_palette_bytes())
-    save_png(path, im)  # atomic: a killed run never leaves half a mask
+        from ganseg import labels
 
-
-def load_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label map written by save_label_png (or any 8-bit single-channel PNG) as uint8 [H, W]."""
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected an indexed ('P') or 'L' label PNG, got mode {im.mode}")
-        return np.array(im, dtype=np.uint8)
-
-
-def write_labels_json(path: str | os.PathLike) -> None:
-    """Write the class names and palette next to a dataset so it is self-describing."""
-    data = {"classes": list(CLASS_NAMES), "palette": PALETTE.tolist()}
-    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+        warnings.warn(f"ganseg.faces.{name} moved to ganseg.labels.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(labels, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

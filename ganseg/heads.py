@@ -10,7 +10,6 @@ computed by `ganseg.ops.resample_accumulate`. Kinds:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -18,7 +17,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from ganseg.images import write_atomic
+from ganseg import tagged
 from ganseg.ops import resample_accumulate
 
 HeadKind = Literal["linear", "mlp", "cnn"]
@@ -122,36 +121,43 @@ class HeadEnsemble(nn.Module):
         return mean, unc
 
 
-def save_head(head: SegmentationHead | HeadEnsemble, path: str | Path, extra: dict | None = None) -> None:
-    from safetensors.torch import save
+HEAD_FORMAT = "ganseg.head/1"
+_HEAD_HINT = "train one with `ganseg train-head`"
 
+
+def save_head(head: SegmentationHead | HeadEnsemble, path: str | Path, extra: dict | None = None) -> None:
+    """One head or an ensemble as a tagged safetensors file (`ganseg.tagged`): tensors "<i>.<name>"
+    for head i, metadata "configs" (one HeadConfig each) plus `extra` (JSON values, e.g. class_names)."""
     heads = list(head.heads) if isinstance(head, HeadEnsemble) else [head]
-    meta = {"format": "ganseg.head/1", "configs": json.dumps([h.cfg.to_dict() for h in heads]),
-            **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    state = {f"{i}.{k}": v.contiguous() for i, h in enumerate(heads) for k, v in h.state_dict().items()}
-    write_atomic(path, save(state, metadata=meta))
+    state = {f"{i}.{k}": v for i, h in enumerate(heads) for k, v in h.state_dict().items()}
+    tagged.save(path, state, HEAD_FORMAT, {"configs": [h.cfg.to_dict() for h in heads], **(extra or {})})
 
 
 def load_head(path: str | Path) -> SegmentationHead | HeadEnsemble:
-    from safetensors import safe_open
+    """A head (or ensemble) in eval mode; `.meta` holds the file's extra metadata (e.g. class_names).
 
+    Every unusable file raises `ganseg.tagged.TaggedFileError` (a UserError and ValueError; a missing
+    one also a FileNotFoundError) naming the file and the fix.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"head not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "ganseg.head/1":
-                raise ValueError(f"{path}: not a ganseg head file")
-            configs = json.loads(meta["configs"])
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: corrupt head file ({exc})") from None
+    state, meta = tagged.load(path, HEAD_FORMAT, what="ganseg head", hint=_HEAD_HINT)
+    configs = meta.get("configs")
+    if not isinstance(configs, list) or not configs or not all(isinstance(c, dict) for c in configs):
+        raise tagged.TaggedFileError(f"{path}: its 'configs' metadata is not a list of head configs; {_HEAD_HINT}")
     heads = []
     for i, c in enumerate(configs):
-        h = SegmentationHead(HeadConfig(**c))
-        h.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)})
+        try:
+            cfg = HeadConfig(**c)
+        except TypeError as exc:  # unknown or missing fields
+            raise tagged.TaggedFileError(f"{path}: head config {i} is invalid ({exc}); {_HEAD_HINT}") from None
+        h = SegmentationHead(cfg)
+        try:
+            h.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(i)})
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+            msg = " ".join(str(exc).split())[:200]
+            raise tagged.TaggedFileError(f"{path}: head {i}'s weights do not fit its config ({msg}); "
+                                         f"{_HEAD_HINT}") from None
         heads.append(h.eval())
-    return heads[0] if len(heads) == 1 else HeadEnsemble(heads).eval()
+    out = heads[0] if len(heads) == 1 else HeadEnsemble(heads).eval()
+    out.meta = {k: v for k, v in meta.items() if k not in ("format", "configs")}
+    return out

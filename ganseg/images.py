@@ -1,4 +1,26 @@
-"""Image helpers shared by every stage: tensor <-> uint8, grids, atomic PNG writes, overlays."""
+"""Image helpers shared by every stage: decoding any image file, tensor <-> uint8, grids, atomic
+PNG writes, overlays.
+
+`decode_rgb` is the one way bytes become pixels (`load_rgb` for files, the server for request
+bodies), so every stage agrees on how an unusual image reads:
+
+- 16-bit grey (`I;16`, `I;16B`, `I;16L`): scaled from 0..65535 to 0..255 (not clipped to white).
+- `I` (32-bit int): Pillow opens 16-bit PNG/TIFF greys as `I`, so values all within 0..65535 are
+  scaled as 16-bit; otherwise linearly from the int32 range.
+- `F` (32-bit float): scaled by the smallest of the ranges [0, 1], [0, 255], [0, 65535] that holds
+  its maximum (above that: min..max); negatives and NaN read as 0.
+- Alpha (`RGBA`, `LA`, `PA`, premultiplied `RGBa`/`La`, `P`/`L`/`RGB` with a tRNS transparency
+  entry): composited over WHITE (`ALPHA_BACKGROUND`), as image viewers show a transparent cut-out;
+  transparent pixels of a cut-out thus never read as dark hair or background-black.
+- `CMYK`, `YCbCr`, `1`, `L`, `P`: Pillow's conversion to RGB.
+- EXIF orientation is applied (a phone JPEG reads upright, as viewers show it).
+- Multi-frame files (GIF, TIFF): the first frame.
+
+Bad data (empty, truncated, not an image, a format outside `FORMATS`, more than `max_pixels`
+pixels, a decompression bomb) raises `ganseg.errors.UserError` naming the input and the fix, and
+nothing else: the size is checked from the header before any pixel is decoded, and only the
+raster formats in `FORMATS` are tried (never, e.g., EPS, which Pillow would hand to Ghostscript).
+"""
 from __future__ import annotations
 
 import io
@@ -6,20 +28,34 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+from ganseg.errors import BadInput, MissingFile
+
+# Raster formats decode_rgb accepts (Pillow plugin names). JPEG includes cameras' multi-picture
+# (MPO) JPEGs; PPM covers PBM/PGM/PPM.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
+# 64 MP: above any common camera photo, below Pillow's own decompression-bomb warning (89 MP).
+MAX_PIXELS = 64 * 1024 * 1024
+ALPHA_BACKGROUND = (255, 255, 255)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """Generator output NCHW in [-1, 1] -> uint8 NHWC."""
+    import torch  # lazy: the Triton server's processes import this module and never need torch
+
     x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
     return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def from_uint8(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [-1, 1] (the generator's range)."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
@@ -78,19 +114,129 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(_resize_pil(Image.fromarray(image), size))
 
 
-def load_rgb(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """Any image file -> uint8 HWC RGB, optionally resized (area) to size x size; clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+_FIX = f"pass a {', '.join(FORMATS)} image"
+
+
+def _open_checked(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    """Open, check the header's size, apply EXIF orientation and decode the first frame.
+
+    Every failure of Pillow's decoders on bad data becomes a UserError: they raise a zoo of types
+    (OSError, SyntaxError, ValueError, struct.error, EOFError, ...) for malformed files.
+    """
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None:
-                im = _resize_pil(im, size)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
+        im = Image.open(source, formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise BadInput(f"{name}: image too large to decode safely ({exc}); downscale it first") from None
+    except Image.UnidentifiedImageError:
+        raise BadInput(f"{name}: not a readable image (unknown or unsupported format); {_FIX}") from None
+    except Exception as exc:  # noqa: BLE001 - malformed headers raise many types
+        raise BadInput(f"{name}: not a readable image ({type(exc).__name__}: {exc}); {_FIX}") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        im.close()
+        raise BadInput(f"{name}: image has no pixels ({w}x{h}); {_FIX}")
+    if w * h > max_pixels:
+        im.close()
+        raise BadInput(f"{name}: image is {w}x{h} ({w * h / 1e6:.1f} MP), above the limit of "
+                       f"{max_pixels / 1e6:.1f} MP; downscale it first")
+    try:
+        im.load()
+    except MemoryError:
+        im.close()
+        raise BadInput(f"{name}: not enough memory to decode this {w}x{h} image; downscale it first") from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
+        im.close()
+        raise BadInput(f"{name}: image data is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                       f"re-export or re-download the file") from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a garbled EXIF block: the pixels are fine, keep them as stored
+        pass
+    return im
+
+
+def _rescale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    a = (a.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def _grey_to_uint8(im: Image.Image) -> np.ndarray:
+    """HW uint8 from a 16/32-bit integer or float grey image, scaled by the mode's range."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return _rescale(a, 0, 65535)
+    if im.mode == "I":
+        if a.size == 0 or (a.min() >= 0 and a.max() <= 65535):
+            return _rescale(a, 0, 65535)
+        return _rescale(a, -(2**31), 2**31 - 1)
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # mode F
+    top = float(a.max()) if a.size else 0.0
+    for hi in (1.0, 255.0, 65535.0):
+        if top <= hi:
+            return _rescale(a, 0, hi)
+    return _rescale(a, float(a.min()), top)
+
+
+def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
+    """Any decoded Pillow image -> uint8 HWC RGB (rules in the module docstring)."""
+    if im.mode.startswith("I") or im.mode == "F":
+        return np.repeat(_grey_to_uint8(im)[..., None], 3, axis=2)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        try:
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        except ValueError as exc:
+            raise BadInput(f"{name}: cannot read colour mode {im.mode} with transparency ({exc}); {_FIX}") from None
+        a = rgba[..., 3:] / 255.0
+        bg = np.asarray(ALPHA_BACKGROUND, np.float32)
+        return np.round(rgba[..., :3] * a + bg * (1 - a)).astype(np.uint8)
+    if im.mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    try:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except ValueError as exc:
+        raise BadInput(f"{name}: unsupported colour mode {im.mode} ({exc}); save it as 8-bit RGB") from None
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> uint8 HWC RGB; bad data raises `UserError` naming `name`.
+
+    Safe for untrusted input (a server's request body): the pixel count is checked from the header
+    before decoding, and only the formats in `FORMATS` are tried.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_rgb takes bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise BadInput(f"{name}: empty (0 bytes), not an image; {_FIX}")
+    with _open_checked(io.BytesIO(bytes(data)), name, max_pixels) as im:
+        return _to_rgb(im, name)
+
+
+def load_rgb(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any image file -> uint8 HWC RGB (as `decode_rgb`), optionally resized (area) to size x size.
+
+    The file is read by Pillow on demand, not into memory first: a huge non-image file costs only
+    its header.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder, not an image: pass the image files inside it (e.g. {path}/*.png)")
+    if not path.is_file():
+        raise MissingFile(f"image not found: {path}")
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise BadInput(f"{path}: empty file (0 bytes), not an image; {_FIX}")
+        with _open_checked(f, str(path), max_pixels) as im:
+            rgb = _to_rgb(im, str(path))
+    if size is not None:
+        rgb = np.asarray(_resize_pil(Image.fromarray(rgb), size))
+    return rgb
 
 
 def overlay(images: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ganseg.errors import BadInput, MissingFile
 from ganseg.images import from_uint8, load_rgb, make_grid, save_png, to_uint8
 from ganseg.stylegan2 import Discriminator
 
@@ -89,10 +90,15 @@ def invert(G, target: torch.Tensor, cfg: InvertConfig | None = None, D: Discrimi
     """Invert a batch of images (float NCHW in [-1, 1] at G's resolution) into G."""
     cfg = cfg or InvertConfig()
     if cfg.space not in ("w", "w+"):
-        raise ValueError(f"space must be 'w' or 'w+', got {cfg.space!r}")
+        raise BadInput(f"space must be 'w' or 'w+', got {cfg.space!r}")
+    if cfg.steps < 1 or cfg.batch < 1:
+        raise BadInput(f"steps and batch must be >= 1, got {cfg.steps} and {cfg.batch}")
     if target.ndim != 4 or target.shape[1:] != (G.img_channels, G.resolution, G.resolution):
-        raise ValueError(f"images must be [N, {G.img_channels}, {G.resolution}, {G.resolution}] "
-                         f"for this generator, got {list(target.shape)}")
+        raise BadInput(f"images must be [N, {G.img_channels}, {G.resolution}, {G.resolution}] "
+                       f"for this generator, got {list(target.shape)}")
+    if not bool(torch.isfinite(target).all()):
+        raise BadInput("images contain NaN or infinite values")
+    target = target.to(G.device)
     outs = [_invert_batch(G, target[i: i + cfg.batch], cfg, D, progress)
             for i in range(0, len(target), cfg.batch)]
     return Inversion(torch.cat([o.ws for o in outs]), [torch.cat(n) for n in zip(*[o.noise for o in outs])],
@@ -105,7 +111,7 @@ def _invert_batch(G, target, cfg, D, progress) -> Inversion:
     shape = (n, G.num_ws if cfg.space == "w+" else 1, G.w_dim)
     w = w_avg.expand(shape).clone().requires_grad_(True)
     noise = [torch.randn(n, 1, m.resolution, m.resolution, generator=torch.Generator().manual_seed(i))
-             .requires_grad_(cfg.optimize_noise) for i, m in enumerate(G.synthesis.convs)]
+             .to(G.device).requires_grad_(cfg.optimize_noise) for i, m in enumerate(G.synthesis.convs)]
     params = [w] + (noise if cfg.optimize_noise else [])
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     bar = tqdm(range(cfg.steps), desc=f"invert {n} image(s)", disable=not progress)
@@ -152,14 +158,14 @@ def load_inversion(path: str | Path) -> Inversion:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"inversion file not found: {path}")
+        raise MissingFile(f"inversion file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             if (f.metadata() or {}).get("format") != "ganseg.inversion/1":
                 raise ValueError("not a ganseg inversion file")
             t = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable inversion ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise BadInput(f"{path}: unreadable inversion ({exc}); write it again with save_inversion") from None
     noise = [t[k] for k in sorted(k for k in t if k.startswith("noise"))]
     return Inversion(t["ws"], noise, t["recon"], t["psnr"])
 
@@ -176,15 +182,23 @@ def load_discriminator(path: str | Path | None) -> Discriminator | None:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder: pass the discriminator .safetensors file inside it")
     if not path.is_file():
-        raise FileNotFoundError(f"discriminator not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        cfg = json.loads((f.metadata() or {}).get("config", "{}"))
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
-    if "resolution" not in cfg:
-        raise ValueError(f"{path}: not a ganseg discriminator file (no config metadata)")
+        raise MissingFile(f"discriminator not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            cfg = json.loads((f.metadata() or {}).get("config", "{}"))
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors/json raise several types for a bad file
+        raise BadInput(f"{path}: not a readable discriminator file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cfg, dict) or "resolution" not in cfg:
+        raise BadInput(f"{path}: not a ganseg discriminator file (no config metadata)")
     D = Discriminator(cfg["resolution"], cfg["channels"])
-    D.load_state_dict(state)
+    try:
+        D.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BadInput(f"{path}: weights do not fit the discriminator config ({' '.join(str(exc).split())[:200]})") from None
     return D.eval().requires_grad_(False)
 
 
@@ -200,30 +214,35 @@ def default_discriminator_for(ckpt: str | None) -> Path | None:
 # CLI: ganseg invert
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import positive_float, positive_int
+
     d = InvertConfig()
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")
     p.add_argument("--discriminator", default=None,
                    help="ganseg discriminator for the perceptual term (default: bundled, with the bundled generator)")
     p.add_argument("--space", choices=["w", "w+"], default=d.space)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=positive_int, default=d.steps)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--batch", type=positive_int, default=d.batch)
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ganseg.checkpoints import load_generator
+    from ganseg.images import write_atomic
+    from ganseg.paths import check_out_dir, output_names
     from ganseg.sample import save_latents
 
+    out = check_out_dir(args.out)
+    output_names(args.images)  # refuses the same file twice before the slow inversion
     G = load_generator(args.ckpt)
     D = load_discriminator(args.discriminator or default_discriminator_for(args.ckpt))
     target = load_images(args.images, G.resolution)
     cfg = InvertConfig(space=args.space, steps=args.steps, lr=args.lr, batch=args.batch)
     inv = invert(G, target, cfg, D)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [Path(p).stem for p in args.images]
+    names = output_names(args.images)
     for name, im in zip(names, to_uint8(inv.recon)):
         save_png(out / f"{name}_recon.png", im)
     save_png(out / "compare.png", make_grid(np.concatenate([to_uint8(target), to_uint8(inv.recon)]),
@@ -231,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     save_latents(out / "latents.safetensors", list(range(len(names))), torch.zeros(len(names), 0), inv.ws,
                  {"images": [str(p) for p in args.images], "space": args.space})
     report = {n: round(float(v), 2) for n, v in zip(names, inv.psnr)}
-    (out / "psnr.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_atomic(out / "psnr.json", (json.dumps(report, indent=1) + "\n").encode())
     for n, v in report.items():
         print(f"{n}: PSNR {v:.2f} dB")
     print(f"mean PSNR {float(inv.psnr.mean()):.2f} dB; reconstructions in {out}")

@@ -10,15 +10,35 @@ where W_l is W's column block for layer l. The right side never holds more than 
 output plus one projected layer. Autograd through it is just as lean: interpolation's backward
 needs no saved input, and the 1x1 conv's backward needs F_l, which the generator produced anyway.
 
-`resample_accumulate` is the fused op; `resample_accumulate_reference` builds the stack (same
-signature) and is the parity reference for it and for the CUDA kernel that replaces it on GPU.
+Three implementations of one signature, chosen per call by `impl=` (the NVlabs torch_utils/ops
+pattern):
+- "torch": the fused op above in PyTorch ops (one resize + add per resolution). Differentiable.
+- "cuda": the projections as GEMMs (cuBLAS), then ONE kernel (ganseg/csrc/resample_accumulate.cu)
+  that reads every projected map, resamples, sums, adds the bias, applies the activation and writes
+  the K-channel result once; `resample_label` has a variant that writes only label + confidence.
+  Built on first use by `ganseg.ops_cuda` (never at import). Forward only: it has no backward.
+- "reference": the materialized stack + 1x1 conv (`resample_accumulate_reference`): the parity
+  reference, and the memory cost the others avoid.
+- "auto" (default): "cuda" for CUDA tensors when no gradient is needed and the extension builds,
+  else "torch"; a failed build falls back with ONE warning saying why. The environment variable
+  GANSEG_OPS_IMPL (auto | torch | reference | cuda) replaces "auto", e.g. GANSEG_OPS_IMPL=reference
+  to rule the fused code out when hunting a numerical difference.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ganseg.errors import BadInput
+
+IMPLS = ("auto", "cuda", "torch", "reference")
+ACTIVATIONS = ("none", "relu", "lrelu")
+LEAKY_RELU_SLOPE = 0.2  # ganseg.heads' nn.LeakyReLU(0.2); the kernel's kLeakyReLUSlope
+ENV_IMPL = "GANSEG_OPS_IMPL"
+MAX_LABEL_CLASSES = 256  # labels are uint8
 
 
 def resize(x: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
@@ -61,18 +81,67 @@ def _check(feats: Sequence[torch.Tensor]) -> None:
             raise ValueError(f"feature {i} must be [N, C, R, R] with N={n}, got {list(f.shape)}")
 
 
-def resample_accumulate(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
-                        size: int, align_corners: bool = False) -> torch.Tensor:
-    """Σ_l resize(W_l · F_l, size) + b, never materializing the channel stack.
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise BadInput(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
 
-    feats: per-layer maps [N, C_l, R_l, R_l]; weight [K, ΣC_l] (or [K, ΣC_l, 1, 1]); bias [K].
-    Returns [N, K, size, size].
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The activation the kernel fuses: none, relu, or leaky ReLU with slope 0.2 (the heads')."""
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "lrelu":
+        return F.leaky_relu(x, LEAKY_RELU_SLOPE)
+    return x
+
+
+def resolve_impl(impl: str, tensors: Sequence[torch.Tensor | None]) -> str:
+    """The implementation a call with these tensors runs: "cuda", "torch" or "reference".
+
+    "auto" (after GANSEG_OPS_IMPL) picks "cuda" only for CUDA tensors that need no gradient and
+    only if the extension builds (else "torch", one warning per process). An explicit "cuda" that
+    cannot run raises, saying why, instead of silently falling back.
     """
-    _check(feats)
+    if impl not in IMPLS:
+        raise BadInput(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl == "auto":
+        env = os.environ.get(ENV_IMPL, "").strip().lower()
+        if env and env not in IMPLS:
+            raise BadInput(f"environment variable {ENV_IMPL}={env!r} is not one of {', '.join(IMPLS)}: "
+                           f"unset it or pick one of those")
+        impl = env or "auto"
+    if impl in ("torch", "reference"):
+        return impl
+    ts = [t for t in tensors if t is not None]
+    on_cuda = bool(ts) and all(t.is_cuda for t in ts)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+    if impl == "auto":
+        if not on_cuda or needs_grad:
+            return "torch"
+        from ganseg import ops_cuda
+
+        return "cuda" if ops_cuda.try_load() is not None else "torch"
+    # explicit "cuda"
+    if not on_cuda:
+        devices = sorted({str(t.device) for t in ts})
+        raise BadInput(f"impl='cuda' needs every tensor on a CUDA device, got {', '.join(devices)}: "
+                       f"use impl='auto' (or 'torch') for CPU tensors")
+    if needs_grad:
+        raise BadInput("impl='cuda' is forward-only (the kernel has no backward) and a gradient is needed here: "
+                       "use impl='auto' (which takes the torch path for training) or run under torch.no_grad()")
+    from ganseg import ops_cuda
+
+    ops_cuda.load()  # raises RuntimeError with the reason
+    return "cuda"
+
+
+def _fused_torch(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, size: int,
+                 align_corners: bool) -> torch.Tensor:
     blocks = split_weight(weight, [f.shape[1] for f in feats])
-    # NHWC resampling vectorizes over channels: 2-7x faster on CPU from 16 output channels up
-    # (a CNN/MLP head's first layer), slower below (a linear head's K classes). Same values.
-    nhwc = blocks[0].shape[0] >= 16
+    # NHWC resampling vectorizes over channels on CPU: 2-7x faster from 16 output channels up (a
+    # CNN/MLP head's first layer), slower below (a linear head's K classes); same values. Measured
+    # on CPU only, so applied on CPU only: CUDA tensors keep NCHW (and use the kernel when they can).
+    nhwc = feats[0].device.type == "cpu" and blocks[0].shape[0] >= 16
     # Layers that share a resolution are projected and summed *before* resizing (resize is linear),
     # so each resolution is resampled once: 5 resizes instead of 9 for a 64² generator.
     by_res: dict[int, torch.Tensor] = {}
@@ -92,6 +161,103 @@ def resample_accumulate(feats: Sequence[torch.Tensor], weight: torch.Tensor, bia
     return out if bias is None else out + bias.to(out.dtype)[None, :, None, None]
 
 
+def project_by_resolution(feats: Sequence[torch.Tensor], weight: torch.Tensor, size: int,
+                          align_corners: bool = False) -> list[torch.Tensor]:
+    """The kernel's inputs: Σ of W_l · F_l per distinct resolution, contiguous NCHW, increasing r.
+
+    Maps larger than `size` are area-pooled to `size` *before* projecting (C_l channels pooled
+    instead of a K-channel GEMM at r², e.g. 16x fewer FLOPs for 1024² features at 256²)."""
+    blocks = split_weight(weight, [f.shape[1] for f in feats])
+    by_res: dict[int, torch.Tensor] = {}
+    for f, w in zip(feats, blocks):
+        if f.shape[-1] > size:
+            f = resize(f, size, align_corners)
+        r = f.shape[-1]
+        y = project_1x1(f, w)
+        by_res[r] = y if r not in by_res else by_res[r].add_(y)
+    return [by_res[r].contiguous() for r in sorted(by_res)]
+
+
+def resample_accumulate(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
+                        size: int, align_corners: bool = False, activation: str = "none",
+                        impl: str = "auto") -> torch.Tensor:
+    """act(Σ_l resize(W_l · F_l, size) + b), never materializing the channel stack.
+
+    feats: per-layer maps [N, C_l, R_l, R_l]; weight [K, ΣC_l] (or [K, ΣC_l, 1, 1]); bias [K].
+    activation: "none" | "relu" | "lrelu" (slope 0.2), fused into the kernel on CUDA.
+    Returns [N, K, size, size] in the features' dtype (the kernel accumulates in fp32).
+    """
+    _check(feats)
+    _check_activation(activation)
+    path = resolve_impl(impl, [*feats, weight, bias])
+    if path == "reference":
+        return resample_accumulate_reference(feats, weight, bias, size, align_corners, activation)
+    if path == "cuda":
+        from ganseg import ops_cuda
+
+        maps = project_by_resolution(feats, weight, size, align_corners)
+        b = None if bias is None else bias.to(maps[0].dtype).contiguous()
+        return ops_cuda.load().resample_accumulate(maps, b, size, align_corners, ops_cuda.ACTIVATIONS[activation])
+    return activate(_fused_torch(feats, weight, bias, size, align_corners), activation)
+
+
+def _check_maps(maps: Sequence[torch.Tensor]) -> None:
+    if not maps:
+        raise BadInput("no projected maps given")
+    n, k = maps[0].shape[:2] if maps[0].ndim == 4 else (None, None)
+    for i, m in enumerate(maps):
+        if m.ndim != 4 or m.shape[0] != n or m.shape[1] != k or m.shape[2] != m.shape[3]:
+            raise BadInput(f"projected map {i} must be [N, K, r, r] with N={n}, K={k}, got {list(m.shape)}")
+
+
+def resample_projected(maps: Sequence[torch.Tensor], bias: torch.Tensor | None, size: int,
+                       align_corners: bool = False, activation: str = "none", impl: str = "auto") -> torch.Tensor:
+    """act(Σ_r resize(P_r, size) + b) over already projected maps P_r [N, K, r, r].
+
+    The kernel's own contract, and that of the ONNX `GansegResampleAccumulate` node (TensorRT
+    plugin): this is their reference. "reference" and "torch" are the same here (no stack exists).
+    """
+    _check_maps(maps)
+    _check_activation(activation)
+    path = resolve_impl(impl, [*maps, bias])
+    if path == "cuda":
+        from ganseg import ops_cuda
+
+        b = None if bias is None else bias.to(maps[0].dtype).contiguous()
+        return ops_cuda.load().resample_accumulate([m.contiguous() for m in maps], b, size, align_corners,
+                                                   ops_cuda.ACTIVATIONS[activation])
+    out = None
+    for m in maps:  # out of place: the caller's maps are never written
+        y = resize(m, size, align_corners)
+        out = y if out is None else out + y
+    if bias is not None:
+        out = out + bias.to(out.dtype)[None, :, None, None]
+    return activate(out, activation)
+
+
+def resample_label(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, size: int,
+                   align_corners: bool = False, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel label and confidence of a linear head (the fused op's output are its logits).
+
+    Returns labels uint8 [N, size, size] (argmax, first index on ties) and confidence float32
+    [N, size, size] (max softmax probability). On CUDA one kernel writes only these two maps: the
+    K logits per pixel never reach memory (5 bytes per pixel instead of 4K).
+    """
+    _check(feats)
+    if weight.shape[0] > MAX_LABEL_CLASSES:
+        raise BadInput(f"resample_label writes uint8 labels: at most {MAX_LABEL_CLASSES} classes, "
+                       f"got {weight.shape[0]}")
+    path = resolve_impl(impl, [*feats, weight, bias])
+    if path == "cuda":
+        from ganseg import ops_cuda
+
+        maps = project_by_resolution(feats, weight, size, align_corners)
+        b = None if bias is None else bias.to(maps[0].dtype).contiguous()
+        return ops_cuda.load().resample_label(maps, b, size, align_corners)
+    logits = resample_accumulate(feats, weight, bias, size, align_corners, impl=path).float()
+    return logits.argmax(1).to(torch.uint8), logits.softmax(1).amax(1)
+
+
 def materialize(feats: Sequence[torch.Tensor], size: int, align_corners: bool = False) -> torch.Tensor:
     """concat_l resize(F_l, size): the [N, ΣC_l, S, S] stack (what the fused op avoids)."""
     _check(feats)
@@ -100,10 +266,12 @@ def materialize(feats: Sequence[torch.Tensor], size: int, align_corners: bool = 
 
 def resample_accumulate_reference(feats: Sequence[torch.Tensor], weight: torch.Tensor,
                                   bias: torch.Tensor | None, size: int,
-                                  align_corners: bool = False) -> torch.Tensor:
-    """Materialized reference with the same signature as `resample_accumulate`."""
+                                  align_corners: bool = False, activation: str = "none") -> torch.Tensor:
+    """Materialized reference with the same signature as `resample_accumulate` (less `impl`)."""
+    _check_activation(activation)
     stack = materialize(feats, size, align_corners)
     w = weight.reshape(weight.shape[0], -1)
     if w.shape[1] != stack.shape[1]:
         raise ValueError(f"weight has {w.shape[1]} input channels, features have {stack.shape[1]}")
-    return F.conv2d(stack, w[:, :, None, None].to(stack.dtype), bias)
+    b = None if bias is None else bias.to(stack.dtype)
+    return activate(F.conv2d(stack, w[:, :, None, None].to(stack.dtype), b), activation)

@@ -75,7 +75,8 @@ def probe_path(resolution: int) -> Path:
 
 def train_probe(resolution: int, n_train: int = 3000, steps: int = 1500, batch: int = 32,
                 seed: int = 0) -> UNet:
-    from ganseg.faces import CLASS_NAMES, render_faces, split_seeds
+    from ganseg.faces import render_faces, split_seeds
+    from ganseg.labels import CLASS_NAMES
 
     torch.manual_seed(seed)
     seeds = split_seeds("train", n_train)
@@ -131,7 +132,8 @@ def probe_outputs(net: UNet, images: torch.Tensor, batch: int = 64) -> tuple[np.
 def gan_quality(G, n: int = 2000, truncation_psi: float = 1.0, probe: UNet | None = None,
                 batch: int = 32) -> dict:
     """Both figures for generator G against the procedural domain at G's resolution."""
-    from ganseg.faces import CLASS_NAMES, render_faces, split_seeds
+    from ganseg.faces import render_faces, split_seeds
+    from ganseg.labels import CLASS_NAMES
     from ganseg.sample import z_from_seeds
 
     res = G.resolution
@@ -160,8 +162,10 @@ def gan_quality(G, n: int = 2000, truncation_psi: float = 1.0, probe: UNet | Non
 # CLI: ganseg gan-quality
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import positive_int
+
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")
-    p.add_argument("--n", type=int, default=2000, help="images per set")
+    p.add_argument("--n", type=positive_int, default=2000, help="images per set")
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--train-probe", action="store_true", help="(re)train the probe for this resolution")
     p.add_argument("--out", default=None, help="write the figures as JSON here")

@@ -26,18 +26,22 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ganseg.errors import BadInput
 from ganseg.images import save_png
-from ganseg.faces import PALETTE, SPLITS, render_faces, save_label_png, split_seeds, write_labels_json
+from ganseg.faces import SPLITS, render_faces, split_seeds
+from ganseg.labels import PALETTE, save_label_png, write_labels_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `render` options on a (sub)parser."""
+    from ganseg.cli import positive_int
+
     add = parser.add_argument
     add("--split", required=True, choices=sorted(SPLITS), help="which seed range to render")
-    add("--n", type=int, required=True, help="number of images (the first n of the split)")
-    add("--res", type=int, default=128, help="image side in pixels, 64..512 (default 128)")
+    add("--n", type=positive_int, required=True, help="number of images (the first n of the split)")
+    add("--res", type=positive_int, default=128, help="image side in pixels, 64..512")
     add("--out", type=Path, required=True, help="output directory (created if missing)")
-    add("--batch", type=int, default=64, help="images rendered per call (default 64)")
+    add("--batch", type=positive_int, default=64, help="images rendered per call")
 
 
 def sample_grid(seeds: list[int], resolution: int = 128, columns: int = 4) -> np.ndarray:
@@ -64,14 +68,19 @@ def save_sample_grid(path: str | os.PathLike = "docs/render_samples.png", n: int
 
 def run(args: argparse.Namespace) -> int:
     """Render the first ``args.n`` faces of ``args.split`` into ``args.out``; returns 0 on success."""
+    from ganseg.paths import check_out_dir
+
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise BadInput(f"--n must be >= 1, got {args.n}")
     if not 64 <= args.res <= 512:
-        raise ValueError(f"--res must be in 64..512, got {args.res}")
+        raise BadInput(f"--res must be in 64..512, got {args.res}")
     if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    seeds = split_seeds(args.split, args.n)  # raises naming the split if n is too large
-    out = Path(args.out)
+        raise BadInput(f"--batch must be >= 1, got {args.batch}")
+    try:
+        seeds = split_seeds(args.split, args.n)  # pure: its ValueErrors are about these two arguments
+    except ValueError as exc:
+        raise BadInput(f"--split {args.split} --n {args.n}: {exc}; pass a smaller --n") from None
+    out = check_out_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
     digits = max(4, len(str(args.n - 1)))
     write_labels_json(out / "labels.json")

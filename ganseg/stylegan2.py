@@ -24,9 +24,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ganseg.errors import BadInput
 
 NoiseMode = Literal["random", "const", "none"]
 LRELU_GAIN = math.sqrt(2.0)
@@ -39,7 +42,7 @@ def default_channels(resolution: int, channel_base: int = 32768, channel_max: in
 
 def resolutions_up_to(resolution: int) -> list[int]:
     if resolution < 8 or resolution > 1024 or resolution & (resolution - 1):
-        raise ValueError(f"resolution must be a power of two in [8, 1024], got {resolution}")
+        raise BadInput(f"resolution must be a power of two in [8, 1024], got {resolution}")
     return [2**i for i in range(2, int(math.log2(resolution)) + 1)]
 
 
@@ -62,7 +65,7 @@ class GeneratorConfig:
         if not self.channels:
             self.channels = default_channels(self.resolution)
         if len(self.channels) != len(resolutions_up_to(self.resolution)):
-            raise ValueError(
+            raise BadInput(
                 f"channels has {len(self.channels)} entries; resolution {self.resolution} needs "
                 f"{len(resolutions_up_to(self.resolution))} (one per resolution from 4)")
 
@@ -78,7 +81,7 @@ class GeneratorConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
+            raise BadInput(f"unknown generator config keys: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -296,51 +299,118 @@ class Generator(nn.Module):
         """[(name, resolution, channels)] of every synthesis conv, in the order of `feats`."""
         return list(self.synthesis.feature_info)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live; `synthesize` moves its inputs here."""
+        return self.mapping.w_avg.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mapping.w_avg.dtype
+
+    def _latent(self, x, name: str) -> torch.Tensor:
+        """A latent from a tensor, numpy array or nested list -> float tensor on this generator's device.
+
+        Rejects NaN/inf (they would give a NaN image silently); gradients pass through (inversion).
+        """
+        if isinstance(x, torch.Tensor):
+            t = x
+        else:
+            try:
+                arr = np.asarray(x)
+            except Exception:  # noqa: BLE001 - ragged lists etc.
+                arr = None
+            if arr is None or arr.dtype.kind not in "biuf":
+                raise BadInput(f"{name} must be a float tensor or numpy array, got {type(x).__name__}")
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+        if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+            raise BadInput(f"{name} must hold real numbers, got dtype {t.dtype}")
+        t = t.to(device=self.device, dtype=self.dtype)
+        if not bool(torch.isfinite(t).all()):
+            raise BadInput(f"{name} contains NaN or infinite values; pass finite latents "
+                           f"(e.g. z = np.random.RandomState(seed).randn(N, {self.z_dim}))")
+        return t
+
+    @staticmethod
+    def _psi(psi, name: str = "truncation_psi") -> float:
+        if isinstance(psi, torch.Tensor) and psi.numel() == 1:
+            psi = psi.item()
+        if isinstance(psi, bool) or not isinstance(psi, (int, float, np.integer, np.floating)):
+            raise BadInput(f"{name} must be a number, got {psi!r} ({type(psi).__name__}); e.g. {name}=0.7")
+        if not math.isfinite(float(psi)):
+            raise BadInput(f"{name} must be finite, got {psi}")
+        return float(psi)
+
     def map(self, z: torch.Tensor, truncation_psi: float = 1.0,
             truncation_cutoff: int | None = None) -> torch.Tensor:
-        """z [N, z_dim] -> w+ [N, num_ws, w_dim], truncated towards w_avg on layers < cutoff."""
+        """z [N, z_dim] -> w+ [N, num_ws, w_dim], truncated towards w_avg on layers < cutoff.
+
+        z may be a tensor or a numpy array (moved to `device`); NaN/inf is refused.
+        """
+        z = self._latent(z, "z")
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape [N, {self.z_dim}], got {list(z.shape)}")
+            raise BadInput(f"z must have shape [N, {self.z_dim}], got {list(z.shape)}")
         w = self.mapping(z)
         return self.truncate(w[:, None].expand(-1, self.num_ws, -1), truncation_psi, truncation_cutoff)
 
     def truncate(self, ws: torch.Tensor, psi: float, cutoff: int | None = None) -> torch.Tensor:
+        psi = self._psi(psi)
         if psi == 1.0:
             return ws
+        if cutoff is not None and (isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer))):
+            raise BadInput(f"truncation_cutoff must be an int or None, got {cutoff!r}")
         w_avg = self.mapping.w_avg
-        cut = self.num_ws if cutoff is None else cutoff
+        cut = self.num_ws if cutoff is None else int(cutoff)
         truncated = w_avg + psi * (ws[:, :cut] - w_avg)
         return torch.cat([truncated, ws[:, cut:]], dim=1)
 
-    def synthesize(self, z: torch.Tensor | None = None, w: torch.Tensor | None = None,
+    def _ws(self, z, w, truncation_psi, truncation_cutoff, noise_mode, noise) -> torch.Tensor:
+        """Check synthesize's arguments and return w+ [N, num_ws, w_dim]."""
+        if noise_mode not in ("random", "const", "none"):
+            raise BadInput(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        if (z is None) == (w is None):
+            raise BadInput("give exactly one of z or w")
+        self._psi(truncation_psi)
+        if z is not None:
+            ws = self.map(z, truncation_psi, truncation_cutoff)
+        else:
+            w = self._latent(w, "w")
+            if w.ndim == 2 and w.shape[1] == self.w_dim:
+                ws = self.truncate(w[:, None].expand(-1, self.num_ws, -1), truncation_psi, truncation_cutoff)
+            elif w.ndim == 3 and w.shape[1:] == (self.num_ws, self.w_dim):
+                ws = w
+            else:
+                raise BadInput(f"w must be [N, {self.w_dim}] or [N, {self.num_ws}, {self.w_dim}], "
+                               f"got {list(w.shape)}")
+        if noise is not None and len(noise) != len(self.synthesis.convs):
+            raise BadInput(f"noise needs one map per conv layer ({len(self.synthesis.convs)}), got {len(noise)}")
+        return ws
+
+    def synthesize(self, z: torch.Tensor | np.ndarray | None = None, w: torch.Tensor | np.ndarray | None = None,
                    truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
-                   noise_mode: NoiseMode = "const", return_features: bool = False,
-                   noise: Sequence[torch.Tensor] | None = None):
-        """Generate a batch of images, optionally with every synthesis conv's activation.
+                   noise_mode: NoiseMode = "const",
+                   noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Generate a batch of images: always returns `img` [N, C, R, R] (raw float, about [-1, 1]).
 
         Give either `z` [N, z_dim] (mapped, then truncated with `truncation_psi`) or `w`: W [N, w_dim]
-        (broadcast to every layer) or W+ [N, num_ws, w_dim] (used as is; no truncation).
-        Returns `img` [N, C, R, R] (raw float, not clamped), or `(img, feats)` with
-        `return_features=True`, feats[i] [N, C_i, R_i, R_i] as described by `feature_info[i]`.
-        `noise`, if given, is one [N, 1, R_i, R_i] map per conv layer and overrides `noise_mode`.
+        (broadcast to every layer, truncated) or W+ [N, num_ws, w_dim] (used as is; no truncation).
+        Latents may be torch tensors or numpy arrays; they are moved to `G.device`, and NaN/inf is an
+        error. `noise`, if given, is one [N, 1, R_i, R_i] map per conv layer and overrides `noise_mode`.
+        For the per-layer features as well, call `synthesize_features` (same arguments).
         """
-        if noise_mode not in ("random", "const", "none"):
-            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
-        if (z is None) == (w is None):
-            raise ValueError("give exactly one of z or w")
-        if z is not None:
-            ws = self.map(z.to(self.mapping.w_avg.dtype), truncation_psi, truncation_cutoff)
-        elif w.ndim == 2 and w.shape[1] == self.w_dim:
-            ws = self.truncate(w[:, None].expand(-1, self.num_ws, -1), truncation_psi, truncation_cutoff)
-        elif w.ndim == 3 and w.shape[1:] == (self.num_ws, self.w_dim):
-            ws = w
-        else:
-            raise ValueError(f"w must be [N, {self.w_dim}] or [N, {self.num_ws}, {self.w_dim}], "
-                             f"got {list(w.shape)}")
-        if noise is not None and len(noise) != len(self.synthesis.convs):
-            raise ValueError(f"noise needs one map per conv layer ({len(self.synthesis.convs)}), got {len(noise)}")
-        img, feats = self.synthesis(ws, noise_mode, return_features, noise)
-        return (img, feats) if return_features else img
+        ws = self._ws(z, w, truncation_psi, truncation_cutoff, noise_mode, noise)
+        return self.synthesis(ws, noise_mode, False, noise)[0]
+
+    def synthesize_features(self, z: torch.Tensor | np.ndarray | None = None,
+                            w: torch.Tensor | np.ndarray | None = None, truncation_psi: float = 1.0,
+                            truncation_cutoff: int | None = None, noise_mode: NoiseMode = "const",
+                            noise: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`synthesize` plus every synthesis conv's activation: always returns `(img, feats)`.
+
+        feats[i] is [N, C_i, R_i, R_i] as described by `feature_info[i]` (what few-shot heads read).
+        """
+        ws = self._ws(z, w, truncation_psi, truncation_cutoff, noise_mode, noise)
+        return self.synthesis(ws, noise_mode, True, noise)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const") -> torch.Tensor:
         return self.synthesize(z=z, truncation_psi=truncation_psi, noise_mode=noise_mode)

@@ -35,6 +35,9 @@ import hashlib
 import json
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ganseg.errors import BadInput, MissingFile
 from ganseg.heads import HeadEnsemble, SegmentationHead
 from ganseg.images import to_uint8, write_atomic
 from ganseg.ops import resize
@@ -72,17 +76,17 @@ class SynthConfig:
 
     def validate(self) -> None:
         if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+            raise BadInput(f"n must be >= 1, got {self.n}")
         if self.seed_offset < 0 or self.seed_offset + self.n > 2**32:
-            raise ValueError(f"seeds must lie in [0, 2**32) (numpy RandomState), got offset {self.seed_offset} "
+            raise BadInput(f"seeds must lie in [0, 2**32) (numpy RandomState), got offset {self.seed_offset} "
                              f"and n {self.n}")
         if self.shard_size < 1 or self.batch < 1:
-            raise ValueError(f"shard_size and batch must be >= 1, got {self.shard_size} and {self.batch}")
+            raise BadInput(f"shard_size and batch must be >= 1, got {self.shard_size} and {self.batch}")
         if self.noise_mode not in ("const", "none"):
-            raise ValueError(f"noise_mode must be 'const' or 'none' (random noise is not reproducible), "
-                             f"got {self.noise_mode!r}")
+            raise BadInput(f"noise_mode must be 'const' or 'none' (random noise is not reproducible), "
+                           f"got {self.noise_mode!r}")
         if self.soft_topk < 0:
-            raise ValueError(f"soft_topk must be >= 0, got {self.soft_topk}")
+            raise BadInput(f"soft_topk must be >= 0, got {self.soft_topk}")
 
     def identity(self) -> dict:
         d = asdict(self)
@@ -121,7 +125,7 @@ def parse_part(text: str) -> tuple[int, int]:
     """'i/n' -> (i, n) with 0 <= i < n."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"bad --shard {text!r}: use i/n with 0 <= i < n, e.g. 0/4")
+        raise BadInput(f"bad --shard {text!r}: use i/n with 0 <= i < n, e.g. 0/4")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -133,7 +137,7 @@ def part_from_env(env: dict | None = None) -> tuple[int, int]:
     try:
         return parse_part(f"{env.get('RANK', '0')}/{env['WORLD_SIZE']}")
     except ValueError:
-        raise ValueError(f"bad RANK/WORLD_SIZE environment ({env.get('RANK')!r}/{env.get('WORLD_SIZE')!r})") from None
+        raise BadInput(f"bad RANK/WORLD_SIZE environment ({env.get('RANK')!r}/{env.get('WORLD_SIZE')!r})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,23 +153,23 @@ def head_probs(head: Head, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor,
     return probs, -(probs * logp).sum(dim=1)
 
 
-def check_head_fits(G, head: Head) -> None:
+def check_head_fits(G, head: Head, head_name: str = "the head") -> None:
+    """Refuse (one line, before any work) a head trained on another generator's features."""
     heads = list(head.heads) if isinstance(head, HeadEnsemble) else [head]
     info = G.feature_info
     for h in heads:
         layers, channels = h.cfg.feature_layers, h.cfg.feature_channels
         if any(i >= len(info) for i in layers) or [info[i][2] for i in layers] != list(channels):
-            raise ValueError(f"the head expects generator layers {layers} with channels {list(channels)}; this "
-                             f"generator has {[c for _, _, c in info]}: was it trained on another generator?")
+            raise BadInput(f"{head_name} expects generator layers {layers} with channels {list(channels)}; this "
+                           f"generator has {[c for _, _, c in info]}: was it trained on another generator? "
+                           f"Pass the --ckpt it was trained with, or train a head for this one")
 
 
 @torch.no_grad()
 def label_batch(G, head: Head, seeds: Sequence[int], cfg: SynthConfig) -> dict[str, np.ndarray]:
     """Generate and label one batch: images, labels, uncertainty and (soft_topk > 0) top-k targets."""
-    dev = G.mapping.w_avg.device
-    z = z_from_seeds(list(seeds), G.z_dim).to(dev)
-    img, feats = G.synthesize(z=z, truncation_psi=cfg.truncation, noise_mode=cfg.noise_mode,
-                              return_features=True)
+    z = z_from_seeds(list(seeds), G.z_dim).to(G.device)
+    img, feats = G.synthesize_features(z=z, truncation_psi=cfg.truncation, noise_mode=cfg.noise_mode)
     probs, unc = head_probs(head, feats)
     size = probs.shape[-1]
     if img.shape[-1] != size:  # a head may label at another resolution: images follow the labels
@@ -214,7 +218,7 @@ def fingerprint(module: torch.nn.Module) -> str:
 
 
 def default_class_names(k: int) -> list[str]:
-    from ganseg.faces import CLASS_NAMES
+    from ganseg.labels import CLASS_NAMES
 
     return list(CLASS_NAMES) if k == len(CLASS_NAMES) else [f"class{i}" for i in range(k)]
 
@@ -225,7 +229,7 @@ def dataset_identity(G, head: Head, cfg: SynthConfig) -> dict:
     ident = cfg.identity()
     ident["class_names"] = list(cfg.class_names) or default_class_names(k)
     if len(ident["class_names"]) != k:
-        raise ValueError(f"{len(ident['class_names'])} class names given, the head has {k} classes")
+        raise BadInput(f"{len(ident['class_names'])} class names given, the head has {k} classes")
     doc = {"config": ident,
            "generator": {"config": G.cfg.to_dict(), "sha256": fingerprint(G)},
            "head": {"configs": [h.cfg.to_dict() for h in heads], "sha256": fingerprint(head),
@@ -247,10 +251,10 @@ def _read_json(path: Path) -> dict:
     try:
         m = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable manifest ({exc})") from None
+        raise BadInput(f"{path}: unreadable manifest ({exc})") from None
     if (not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("shards"), list)
             or not isinstance(m.get("dataset"), dict)):
-        raise ValueError(f"{path}: not a ganseg synthesized-dataset manifest (format {FORMAT})")
+        raise BadInput(f"{path}: not a ganseg synthesized-dataset manifest (format {FORMAT})")
     return m
 
 
@@ -275,11 +279,11 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
     """All manifest parts of a dataset merged: {"dataset", "num_shards", "shards" (by index), "parts"}."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise FileNotFoundError(f"synthesized dataset not found: {out_dir} is not a directory")
+        raise MissingFile(f"synthesized dataset not found: {out_dir} is not a directory")
     files = manifest_files(out_dir)
     if not files:
-        raise FileNotFoundError(f"{out_dir}: no {MANIFEST} or index.partIofN.json: not a synthesized dataset "
-                                f"(or no shard has finished yet)")
+        raise MissingFile(f"{out_dir}: no {MANIFEST} or index.partIofN.json: not a synthesized dataset "
+                          f"(or no shard has finished yet)")
     merged: dict[int, dict] = {}
     first = None
     for path in files:
@@ -288,12 +292,12 @@ def read_manifest(out_dir: str | os.PathLike) -> dict:
             first = (path, m)
         elif m["dataset"] != first[1]["dataset"]:
             diff = ", ".join(_differences(m["dataset"], first[1]["dataset"])[:6])
-            raise ValueError(f"{path} and {first[0]} describe different datasets (differ in: {diff})")
+            raise BadInput(f"{path} and {first[0]} describe different datasets (differ in: {diff})")
         for e in m["shards"]:
             old = merged.get(e["index"])
             if old is not None and old["sha256"] != e["sha256"]:
-                raise ValueError(f"{path}: shard {e['index']} differs from the one another manifest part lists "
-                                 f"(sha256 {e['sha256'][:12]} vs {old['sha256'][:12]})")
+                raise BadInput(f"{path}: shard {e['index']} differs from the one another manifest part lists "
+                               f"(sha256 {e['sha256'][:12]} vs {old['sha256'][:12]})")
             merged[e["index"]] = e
     return {"dataset": first[1]["dataset"], "num_shards": num_shards(_config_from_identity(first[1]["dataset"])),
             "shards": [merged[k] for k in sorted(merged)], "parts": [p.name for p in files]}
@@ -303,7 +307,7 @@ def _config_from_identity(ident: dict) -> SynthConfig:
     try:
         return SynthConfig(**ident["config"])
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"manifest has an unknown dataset config ({exc})") from None
+        raise BadInput(f"manifest has an unknown dataset config ({exc})") from None
 
 
 def _shard_file_ok(out_dir: Path, entry: dict) -> bool:
@@ -333,7 +337,7 @@ def synthesize_dataset(G, head: Head, cfg: SynthConfig, out_dir: str | os.PathLi
     """
     cfg.validate()
     if not 0 <= part[0] < part[1]:
-        raise ValueError(f"part must be (i, n) with 0 <= i < n, got {part}")
+        raise BadInput(f"part must be (i, n) with 0 <= i < n, got {part}")
     check_head_fits(G, head)
     G.eval(), head.eval()
     out_dir = Path(out_dir)
@@ -348,8 +352,8 @@ def synthesize_dataset(G, head: Head, cfg: SynthConfig, out_dir: str | os.PathLi
         m = _read_json(path)
         if m["dataset"] != ident:
             diff = ", ".join(_differences(m["dataset"], ident)[:6])
-            raise ValueError(f"{out_dir} already holds a dataset made differently ({path.name} differs in: "
-                             f"{diff}); use another --out or the same settings")
+            raise BadInput(f"{out_dir} already holds a dataset made differently ({path.name} differs in: "
+                           f"{diff}); use another --out or the same settings")
         for e in m["shards"]:
             listed.setdefault(e["index"], e)
             if path == my_file:
@@ -423,18 +427,18 @@ def load_synth_dataset(path: str | os.PathLike, max_uncertainty: float | None = 
     for e in m["shards"]:
         f = out_dir / e["file"]
         if not f.is_file():
-            raise FileNotFoundError(f"{f}: shard {e['index']} is listed in the manifest but its file is missing")
+            raise MissingFile(f"{f}: shard {e['index']} is listed in the manifest but its file is missing")
         blob = f.read_bytes()
         if verify and hashlib.sha256(blob).hexdigest() != e["sha256"]:
-            raise ValueError(f"{f}: corrupt shard (sha256 differs from the manifest; delete it and rerun "
-                             f"`ganseg synthesize` with the same arguments to make it again)")
+            raise BadInput(f"{f}: corrupt shard (sha256 differs from the manifest; delete it and rerun "
+                           f"`ganseg synthesize` with the same arguments to make it again)")
         try:
             t = load(blob)
             missing = [k for k in keys if k not in t]
             if missing:
-                raise ValueError(f"missing tensors {missing}")
+                raise BadInput(f"missing tensors {missing}")
         except Exception as exc:
-            raise ValueError(f"{f}: unreadable shard ({exc})") from None
+            raise BadInput(f"{f}: unreadable shard ({exc})") from None
         sel = slice(None) if max_uncertainty is None else t["uncertainty"] <= max_uncertainty
         for k in keys:
             cols[k].append(t[k][sel])
@@ -451,62 +455,29 @@ def load_synth_dataset(path: str | os.PathLike, max_uncertainty: float | None = 
 
 
 # --------------------------------------------------------------------------------------------
-# Throughput
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def synthesis_throughput(G, head: Head, batch: int = 16, n: int = 64, truncation: float = 1.0) -> dict[str, float]:
-    """img/s of the generator alone (features returned) and of generator + labelling, after a warm-up."""
-    dev = G.mapping.w_avg.device
-    cfg = SynthConfig(n=n, batch=batch, truncation=truncation)
-    chunks = [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-    zs = [z_from_seeds(c, G.z_dim).to(dev) for c in chunks]
-
-    def gen(z):
-        return G.synthesize(z=z, truncation_psi=truncation, noise_mode="const", return_features=True)
-
-    gen(zs[0]), label_batch(G, head, chunks[0], cfg)  # warm-up (allocator, kernels, cuDNN choice)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for z in zs:
-        gen(z)
-    _sync(dev)
-    t1 = time.perf_counter()
-    for c in chunks:
-        label_batch(G, head, c, cfg)  # the real per-batch path, incl. uint8 conversion and copies
-    _sync(dev)
-    t2 = time.perf_counter()
-    return {"generator_img_s": n / (t1 - t0), "generator_and_head_img_s": n / (t2 - t1), "batch": batch, "n": n}
-
-
-# --------------------------------------------------------------------------------------------
 # CLI: ganseg synthesize
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import finite_float, nonnegative_float, nonnegative_int, positive_int
+
     d = SynthConfig()
     p.add_argument("--ckpt", default=None, help="generator .pt/.pkl/.safetensors (default: bundled)")
     p.add_argument("--head", required=True, help="head file from `ganseg train-head` (.safetensors)")
-    p.add_argument("--n", type=int, default=d.n, help="images in the whole dataset")
-    p.add_argument("--out", default=None, help="dataset folder (shards + manifest)")
+    p.add_argument("--n", type=positive_int, default=d.n, help="images in the whole dataset")
+    p.add_argument("--out", required=True, help="dataset folder (shards + manifest); rerun with the same "
+                   "arguments to resume")
     p.add_argument("--shard", default=None,
                    help="i/n: this process makes part i of n (default: RANK/WORLD_SIZE env, else 0/1)")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--shard-size", type=int, default=d.shard_size, help="images per shard file")
-    p.add_argument("--truncation", type=float, default=d.truncation)
-    p.add_argument("--soft-topk", type=int, default=d.soft_topk, help="also store the top-K class probabilities")
-    p.add_argument("--max-uncertainty", type=float, default=None,
+    p.add_argument("--batch", type=positive_int, default=d.batch)
+    p.add_argument("--shard-size", type=positive_int, default=d.shard_size, help="images per shard file")
+    p.add_argument("--truncation", type=finite_float, default=d.truncation)
+    p.add_argument("--soft-topk", type=nonnegative_int, default=d.soft_topk, help="also store the top-K class probabilities")
+    p.add_argument("--max-uncertainty", type=nonnegative_float, default=None,
                    help="leave out images whose mean per-pixel uncertainty (nats) is above this")
-    p.add_argument("--seed-offset", type=int, default=d.seed_offset)
+    p.add_argument("--seed-offset", type=nonnegative_int, default=d.seed_offset)
     p.add_argument("--noise-mode", choices=["const", "none"], default=d.noise_mode)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--benchmark", action="store_true",
-                   help="only measure img/s of the generator alone vs generator + head, then exit")
-    p.add_argument("--benchmark-n", type=int, default=64, help="images per benchmark measurement")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
 
 def _head_class_names(path: str) -> list[str]:
@@ -517,10 +488,39 @@ def _head_class_names(path: str) -> list[str]:
     return list(json.loads(names)) if names else []
 
 
+class Stopped(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt, so no `except Exception` swallows it)."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+def _report_stop(out: Path, cfg: SynthConfig, part: tuple[int, int], how: str) -> None:
+    """Where an interrupted run stopped, and that rerunning the same command resumes there."""
+    todo = part_shards(cfg, part)
+    listed: set[int] = set()
+    f = out / manifest_name(part)
+    if f.is_file():
+        try:
+            listed = {e["index"] for e in _read_json(f)["shards"]}
+        except BadInput:
+            pass
+    done = [k for k in todo if k in listed]
+    nxt = next((k for k in todo if k not in listed), None)
+    where = (f"at shard {nxt} (seeds {shard_seeds(cfg, nxt)[0]}-{shard_seeds(cfg, nxt)[-1]}, not kept)"
+             if nxt is not None else "after the last shard")
+    print(f"ganseg synthesize: {how}: stopped {where}; {len(done)}/{len(todo)} shard(s) of part "
+          f"{part[0]}/{part[1]} are complete in {out}. Rerun the same command to resume from there "
+          f"(finished shards are kept, byte-identical).", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from ganseg.checkpoints import load_generator
     from ganseg.heads import load_head
+    from ganseg.paths import check_out_dir
 
+    check_out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     part = parse_part(args.shard) if args.shard else part_from_env()
@@ -530,19 +530,23 @@ def run(args: argparse.Namespace) -> int:
     head = load_head(args.head)
     G = load_generator(args.ckpt, device=device)
     head = head.to(device)
-    check_head_fits(G, head)
-    if args.benchmark:
-        r = synthesis_throughput(G, head, args.batch, args.benchmark_n, args.truncation)
-        print(f"generator alone: {r['generator_img_s']:.1f} img/s; generator + head labelling: "
-              f"{r['generator_and_head_img_s']:.1f} img/s (batch {args.batch}, {args.benchmark_n} images, {device})")
-        return 0
-    if not args.out:
-        raise ValueError("--out is required (unless --benchmark)")
+    check_head_fits(G, head, f"--head {args.head}")
     cfg = SynthConfig(n=args.n, seed_offset=args.seed_offset, shard_size=args.shard_size, batch=args.batch,
                       truncation=args.truncation, soft_topk=args.soft_topk, max_uncertainty=args.max_uncertainty,
                       noise_mode=args.noise_mode, class_names=_head_class_names(args.head))
+    cfg.validate()
     t0 = time.perf_counter()
-    m = synthesize_dataset(G, head, cfg, args.out, part)
+    # SIGTERM (a scheduler's kill, `timeout`) and Ctrl-C end the run with a word about where it
+    # stopped; the shard being made is discarded (temp file removed), finished ones stay listed.
+    old = signal.signal(signal.SIGTERM, _raise_stopped) if threading.current_thread() is threading.main_thread() else None
+    try:
+        m = synthesize_dataset(G, head, cfg, args.out, part)
+    except (Stopped, KeyboardInterrupt) as exc:
+        _report_stop(Path(args.out), cfg, part, "SIGTERM" if isinstance(exc, Stopped) else "interrupted")
+        return 128 + (signal.SIGTERM if isinstance(exc, Stopped) else signal.SIGINT)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     dt = time.perf_counter() - t0
     made = sum(len(e["seeds"]) for e in m["shards"])
     kept = sum(e["images"] for e in m["shards"])

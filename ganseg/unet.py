@@ -6,7 +6,6 @@ at the input resolution (any size divisible by 2**depth).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,47 +93,55 @@ def segment_with_unet(unet: UNet, images_uint8: np.ndarray, batch: int = 16) -> 
 
 
 def save_unet(unet: UNet, path: str | os.PathLike, class_names: list[str], extra: dict | None = None) -> None:
-    from safetensors.torch import save
+    """Weights + UNetConfig + class names (+ `extra`, JSON values) as a tagged safetensors file."""
+    from ganseg import tagged
 
-    from ganseg.images import write_atomic
-
-    meta = {"format": UNET_FORMAT, "unet_config": json.dumps(unet.cfg.to_dict()),
-            "class_names": json.dumps(list(class_names)), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    write_atomic(path, save(state, metadata=meta))
+    meta = {"unet_config": unet.cfg.to_dict(), "class_names": list(class_names), **(extra or {})}
+    tagged.save(path, unet.state_dict(), UNET_FORMAT, meta)
 
 
 DEFAULT_UNET = Path(__file__).parent / "weights" / "default_unet.safetensors"
+_UNET_HINT = "train one with `ganseg train-unet` and pass its output folder or unet.safetensors"
 
 
 def load_unet(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> UNet:
     """A trained UNet (eval mode) from OUT/ or OUT/unet.safetensors; `.class_names`, `.meta` attached.
 
-    path None: the bundled default UNet (auto-shot, distilled from the bundled generator).
+    path None: the bundled default UNet (auto-shot, distilled from the bundled generator). An
+    unusable file raises `ganseg.tagged.TaggedFileError` (a UserError and ValueError; a missing one
+    also a FileNotFoundError) naming the file and the fix.
     """
-    from safetensors import safe_open
+    from ganseg import tagged
 
     path = Path(path) if path is not None else DEFAULT_UNET
     if path.is_dir():
         path = path / "unet.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"UNet weights not found: {path}")
+    hint = _UNET_HINT if path != DEFAULT_UNET else f"the bundled default UNet is missing from this install; {_UNET_HINT}"
+    state, meta = tagged.load(path, UNET_FORMAT, what="ganseg UNet", hint=hint)
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise tagged.TaggedFileError(f"{path}: its 'class_names' metadata is not a list of names; {_UNET_HINT}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != UNET_FORMAT:
-                raise ValueError(f"{path}: not a ganseg UNet file (format={meta.get('format')!r})")
-            cfg = UNetConfig(**json.loads(meta["unet_config"]))
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: corrupt UNet file ({exc})") from None
+        if not isinstance(meta.get("unet_config"), dict):
+            raise TypeError("no 'unet_config' object in its metadata")
+        cfg = UNetConfig(**meta["unet_config"])
+    except TypeError as exc:  # missing, or unknown fields
+        raise tagged.TaggedFileError(f"{path}: its UNetConfig is invalid ({exc}); {_UNET_HINT}") from None
     unet = UNet(cfg)
     try:
         unet.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit its UNetConfig ({str(exc)[:200]})") from None
-    unet.class_names = json.loads(meta["class_names"])
-    unet.meta = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "unet_config")}
+        msg = " ".join(str(exc).split())[:200]
+        raise tagged.TaggedFileError(f"{path}: weights do not fit its UNetConfig ({msg}); {_UNET_HINT}") from None
+    unet.class_names = names
+    unet.meta = {k: v for k, v in meta.items() if k not in ("format", "unet_config")}
     return unet.eval().to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Photo pre/post-processing around the UNet, shared by `ganseg segment` and the Triton server:
+# resize each photo to the UNet's training size (`ganseg.images.resize_rgb`), and the label maps
+# back to each photo's own size (NEAREST). Defined in the torch-free ganseg.serving.transforms
+# because every Triton Python-backend process imports them (torch there would cost 5-8 s and
+# ~230 MB per process); re-exported here so the library has one place to find them.
+from ganseg.serving.transforms import labels_to_sizes, to_input_batch  # noqa: E402,F401

@@ -36,7 +36,7 @@ def test_mapping_and_truncation(case):
 
 def test_images_and_every_feature(case):
     G, ref = case
-    img, feats = G.synthesize(z=ref["z"], truncation_psi=0.7, noise_mode="const", return_features=True)
+    img, feats = G.synthesize_features(z=ref["z"], truncation_psi=0.7, noise_mode="const")
     assert max_err(img, ref["img_psi07"]) <= TOL
     n_ref = len([k for k in ref if k.startswith("feat_psi07_")])
     assert len(feats) == n_ref == len(G.feature_info)

@@ -13,17 +13,8 @@ import pytest
 from PIL import Image
 
 from ganseg import faces
-from ganseg.faces import (
-    CLASS_NAMES,
-    PALETTE,
-    SPLITS,
-    FaceRenderConfig,
-    load_label_png,
-    render_faces,
-    save_label_png,
-    split_seeds,
-    write_labels_json,
-)
+from ganseg.faces import SPLITS, FaceRenderConfig, render_faces, split_seeds
+from ganseg.labels import CLASS_NAMES, PALETTE, load_label_png, save_label_png, write_labels_json
 
 RES = 64
 

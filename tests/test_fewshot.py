@@ -25,7 +25,7 @@ def G():
 
 def feats_of(G, n=2, seed=0):
     z = torch.randn(n, 32, generator=torch.Generator().manual_seed(seed))
-    return G.synthesize(z=z, return_features=True)
+    return G.synthesize_features(z=z)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "cnn"])
@@ -71,7 +71,7 @@ def test_head_learns_a_shot(G):
     mask = (img.mean(1) > img.mean()).long() + (img[:, 0] > img[:, 1]).long()  # a 3-class partition
     shots = Shots(ws, mask, ["a", "b", "c"])
     head = train_head(G, shots, HeadTrainConfig(kind="cnn", steps=150, lr=2e-3), progress=False)
-    _, feats = G.synthesize(w=ws, return_features=True)
+    _, feats = G.synthesize_features(w=ws)
     acc = (head(feats).argmax(1) == mask).float().mean()
     assert acc > 0.9
 
@@ -137,7 +137,7 @@ def test_annotation_workflow_cli(G, tmp_path):
 
     cli("sample", "--ckpt", str(ckpt), "--seeds", "0-1", "--out", str(shots))
     from PIL import Image
-    from ganseg.faces import save_label_png
+    from ganseg.labels import save_label_png
 
     for s in (0, 1):  # the "user" paints: class 1 where the image is bright
         im = np.asarray(Image.open(shots / f"seed{s:04d}.png")).mean(-1)
@@ -147,7 +147,7 @@ def test_annotation_workflow_cli(G, tmp_path):
         "--out", str(tmp_path / "head.safetensors"))
     cli("segment", "--ckpt", str(ckpt), "--head", str(tmp_path / "head.safetensors"), "--invert-steps", "5",
         str(shots / "seed0000.png"), "--out", str(tmp_path / "seg"))
-    from ganseg.faces import load_label_png
+    from ganseg.labels import load_label_png
 
     lab = load_label_png(tmp_path / "seg" / "seed0000_mask.png")
     assert lab.shape == (32, 32) and set(np.unique(lab)) <= {0, 1}

@@ -35,7 +35,7 @@ def test_config_f_1024_feature_channels():
 @pytest.mark.parametrize("res", [8, 16, 64])
 def test_shapes_and_features_match_feature_info(res):
     G = tiny(res)
-    img, feats = G.synthesize(z=torch.randn(3, 32), truncation_psi=0.7, return_features=True)
+    img, feats = G.synthesize_features(z=torch.randn(3, 32), truncation_psi=0.7)
     assert img.shape == (3, 3, res, res)
     assert [tuple(f.shape) for f in feats] == [(3, c, r, r) for _, r, c in G.feature_info]
     assert torch.isfinite(img).all()
@@ -109,8 +109,8 @@ def test_ganseg_format_roundtrip(tmp_path):
     G2 = load_generator(path)
     assert G2.cfg == G.cfg and not G2.training
     z = torch.randn(2, 32)
-    img, feats = G.synthesize(z=z, return_features=True)
-    img2, feats2 = G2.synthesize(z=z, return_features=True)
+    img, feats = G.synthesize_features(z=z)
+    img2, feats2 = G2.synthesize_features(z=z)
     assert torch.equal(img, img2) and all(torch.equal(a, b) for a, b in zip(feats, feats2))
     save_generator(G, tmp_path / "g16.safetensors", dtype=torch.float16)  # shipping format
     assert (load_generator(tmp_path / "g16.safetensors").synthesize(z=z) - img).abs().max() < 0.05

@@ -62,7 +62,9 @@ def load_training_images(cfg: TrainGANConfig, cache: Path | None = None) -> torc
         files = sorted(p for p in Path(cfg.data).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}
                        and not p.stem.endswith("_mask"))
         if not files:
-            raise FileNotFoundError(f"no .png/.jpg images in {cfg.data}")
+            from ganseg.errors import MissingFile
+
+            raise MissingFile(f"--data {cfg.data}: no .png/.jpg images in it; pass a folder of training images")
         return torch.from_numpy(np.stack([load_rgb(f, cfg.resolution) for f in tqdm(files, desc="load")]))
     if cache is not None and cache.is_file():
         arr = np.load(cache)
@@ -160,8 +162,10 @@ class GANTrainer:
         mine = asdict(self.cfg)
         arch = ("resolution", "channels", "z_dim", "w_dim", "mapping_layers")
         if any(saved[k] != mine[k] for k in arch):
-            raise ValueError(f"{path}: checkpoint architecture {[saved[k] for k in arch]} differs from "
-                             f"the requested {[mine[k] for k in arch]}")
+            from ganseg.errors import BadInput
+
+            raise BadInput(f"{path}: checkpoint architecture {[saved[k] for k in arch]} differs from "
+                           f"the requested {[mine[k] for k in arch]}; resume with the same --res/--channels")
         for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
             getattr(self, name).load_state_dict(state[name])
         self.step, self.images_seen = state["step"], state["images_seen"]
@@ -271,6 +275,8 @@ class GANTrainer:
 # CLI: ganseg train-gan
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import positive_float, positive_int
+
     d = TrainGANConfig()
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.safetensors, samples/)")
     p.add_argument("--res", type=int, default=d.resolution)
@@ -278,19 +284,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="widths per resolution from 4x4 up, comma separated")
     p.add_argument("--z-dim", type=int, default=d.z_dim)
     p.add_argument("--mapping-layers", type=int, default=d.mapping_layers)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch", type=positive_int, default=d.batch)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--augment", choices=["diffaug", "none"], default=d.augment)
-    p.add_argument("--n-images", type=int, default=d.n_images, help="procedural training images")
+    p.add_argument("--n-images", type=positive_int, default=d.n_images, help="procedural training images")
     p.add_argument("--data", default=None, help="train on a folder of images instead")
-    p.add_argument("--steps", type=int, default=100_000, help="total steps (resume continues the count)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--sample-every", type=int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=100_000, help="total steps (resume continues the count)")
+    p.add_argument("--minutes", type=positive_float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--ckpt-every", type=positive_int, default=500)
+    p.add_argument("--sample-every", type=positive_int, default=1000)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (1 avoids OpenMP spin contention beside other jobs)")
 
 
@@ -302,14 +308,20 @@ def config_from_args(args: argparse.Namespace) -> TrainGANConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ganseg.errors import BadInput, MissingFile
+    from ganseg.paths import check_out_dir
+
+    out = check_out_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = config_from_args(args)
-    out = Path(args.out)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:  # int() of --channels, or GeneratorConfig's own checks
+        raise BadInput(f"--res {args.res} --channels {args.channels}: {exc}") from None
     trainer = GANTrainer(cfg, out, args.device)
     if args.resume:
         if not trainer.ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {trainer.ckpt_path}")
+            raise MissingFile(f"--resume: no checkpoint at {trainer.ckpt_path}; drop --resume to start anew")
         trainer.load(trainer.ckpt_path)
         print(f"resumed at step {trainer.step} ({trainer.images_seen / 1000:.1f} kimg)")
     out.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,14 @@ only the head; the first layer runs through the fused op and never builds the ch
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ganseg.errors import BadInput
 from ganseg.heads import HeadEnsemble, SegmentationHead, head_for, save_head
 from ganseg.shots import Shots, load_sampled_shots, shot_features, shots_from_real
 
@@ -34,13 +36,39 @@ class HeadTrainConfig:
     min_resolution: int = 4  # use conv layers from this resolution up (ReGAN: 8)
     seed: int = 0
 
+    def validate(self, G=None) -> None:
+        """Refuse settings that would "succeed" and break `segment`/`synthesize` later, before training."""
+        if self.kind not in ("linear", "mlp", "cnn"):
+            raise BadInput(f"head kind must be 'linear', 'mlp' or 'cnn', got {self.kind!r}")
+        for name, v in (("steps", self.steps), ("ensemble", self.ensemble), ("batch", self.batch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BadInput(f"--{name} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise BadInput(f"--lr must be a number > 0, got {self.lr!r}")
+        if G is not None:
+            res = sorted({r for _, r, _ in G.feature_info})
+            if self.min_resolution not in res:
+                raise BadInput(f"--min-resolution {self.min_resolution}: this generator's layers have resolutions "
+                               f"{', '.join(map(str, res))}; pass one of those (ReGAN uses 8)")
+
 
 def layer_scales(feats: list[torch.Tensor]) -> list[float]:
     """1/std per layer: activation scales differ a lot between layers; equalize them."""
     return [float(1.0 / (f.std() + 1e-6)) for f in feats]
 
 
+def check_shots(G, shots: Shots) -> None:
+    """Shots made with another generator would fail deep inside torch: say so first."""
+    if shots.ws.ndim != 3 or tuple(shots.ws.shape[1:]) != (G.num_ws, G.w_dim):
+        raise BadInput(f"the shots' latents are {list(shots.ws.shape[1:])} per image, this generator takes "
+                       f"[{G.num_ws}, {G.w_dim}]: were they sampled with another --ckpt? Pass that one")
+    if len(shots.masks) != len(shots.ws):
+        raise BadInput(f"{len(shots.masks)} masks for {len(shots.ws)} latents")
+
+
 def train_head(G, shots: Shots, cfg: HeadTrainConfig, progress: bool = True) -> SegmentationHead | HeadEnsemble:
+    cfg.validate(G)
+    check_shots(G, shots)
     feats = shot_features(G, shots)
     size = shots.masks.shape[-1]
     heads = []
@@ -71,33 +99,44 @@ def train_head(G, shots: Shots, cfg: HeadTrainConfig, progress: bool = True) -> 
 # CLI: ganseg train-head
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import positive_float, positive_int
+
     d = HeadTrainConfig()
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")
     p.add_argument("--shots", required=True, help="folder: `ganseg sample` output + seedNNNN_mask.png + labels.json")
     p.add_argument("--real", action="store_true",
                    help="shots are labelled real images (NNNN.png + NNNN_mask.png): invert them first")
     p.add_argument("--head", choices=["linear", "mlp", "cnn"], default=d.kind)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--ensemble", type=int, default=d.ensemble)
-    p.add_argument("--min-resolution", type=int, default=d.min_resolution)
-    p.add_argument("--invert-steps", type=int, default=300)
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps per head")
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--ensemble", type=positive_int, default=d.ensemble,
+                   help="train N heads (different seeds) -> an ensemble with per-pixel uncertainty")
+    p.add_argument("--min-resolution", type=positive_int, default=d.min_resolution,
+                   help="use generator layers from this resolution up (a power of two up to the generator's)")
+    p.add_argument("--invert-steps", type=positive_int, default=300, help="with --real: inversion steps per shot")
     p.add_argument("--out", required=True, help="head file (.safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ganseg.checkpoints import load_generator
+    from ganseg.paths import check_out_file
 
+    # Everything that can be wrong is checked before the (slow) inversion and training.
+    check_out_file(args.out)
+    cfg = HeadTrainConfig(kind=args.head, steps=args.steps, lr=args.lr, ensemble=args.ensemble,
+                          min_resolution=args.min_resolution)
+    cfg.validate()
     G = load_generator(args.ckpt)
+    cfg.validate(G)
     if args.real:
         from ganseg.invert import InvertConfig, default_discriminator_for, load_discriminator
 
+        # shots_from_real reads labels.json, every image and mask (sizes checked) before inverting
         D = load_discriminator(default_discriminator_for(args.ckpt))
         shots = shots_from_real(G, args.shots, InvertConfig(steps=args.invert_steps), D)
     else:
-        shots = load_sampled_shots(args.shots)
-    cfg = HeadTrainConfig(kind=args.head, steps=args.steps, lr=args.lr, ensemble=args.ensemble,
-                          min_resolution=args.min_resolution)
+        shots = load_sampled_shots(args.shots, G.resolution)
+        check_shots(G, shots)
     head = train_head(G, shots, cfg)
     save_head(head, args.out, extra={"class_names": shots.class_names, "generator": str(args.ckpt or "default")})
     print(f"trained a {args.head} head on {len(shots.ws)} shot(s): {args.out}")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ganseg.errors import BadInput, MissingFile
 from ganseg.evaluate import confusion_matrix, mean_iou
 from ganseg.images import write_atomic
 from ganseg.training.common import stop_on_signal
@@ -105,10 +106,10 @@ def synth_data(path: str | os.PathLike, max_uncertainty: float | None = None, so
 
     ds = load_synth_dataset(path, max_uncertainty=max_uncertainty, soft=soft)
     if soft and ds.topk_idx is None:
-        raise ValueError(f"--soft: {path} has no soft labels (make it with `ganseg synthesize --soft-topk K`)")
+        raise BadInput(f"--soft: {path} has no soft labels (make it with `ganseg synthesize --soft-topk K`)")
     if len(ds) == 0:
-        raise ValueError(f"{path}: no images ({ds.complete_shards}/{ds.num_shards} shards complete, "
-                         f"max_uncertainty={max_uncertainty})")
+        raise BadInput(f"{path}: no images ({ds.complete_shards}/{ds.num_shards} shards complete, "
+                       f"max_uncertainty={max_uncertainty})")
     if ds.complete_shards < ds.num_shards:
         print(f"note: {path} has {ds.complete_shards}/{ds.num_shards} shards complete; training on those")
     return LabelledData(torch.from_numpy(ds.images), torch.from_numpy(ds.labels), ds.seeds, ds.class_names,
@@ -118,36 +119,36 @@ def synth_data(path: str | os.PathLike, max_uncertainty: float | None = None, so
 
 def real_data(path: str | os.PathLike) -> LabelledData:
     """`NNNN.png` + `NNNN_mask.png` pairs (as `ganseg render` writes); class names from labels.json."""
-    from ganseg.faces import CLASS_NAMES, load_label_png
+    from ganseg.labels import CLASS_NAMES, load_label_png
     from ganseg.images import load_rgb
 
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"real-image folder not found: {root}")
+        raise MissingFile(f"real-image folder not found: {root}")
     pairs = []
     for p in sorted(root.iterdir()):
         m = re.fullmatch(r"(\d+)\.(png|jpg|jpeg)", p.name, re.IGNORECASE)
         if m:
             mask = root / f"{m.group(1)}_mask.png"
             if not mask.is_file():
-                raise FileNotFoundError(f"{mask}: label map for {p.name} is missing")
+                raise MissingFile(f"{mask}: label map for {p.name} is missing")
             pairs.append((int(m.group(1)), p, mask))
     if not pairs:
-        raise FileNotFoundError(f"{root}: no NNNN.png + NNNN_mask.png pairs")
+        raise MissingFile(f"{root}: no NNNN.png + NNNN_mask.png pairs")
     names = list(CLASS_NAMES)
     if (root / "labels.json").is_file():
         try:
             names = list(json.loads((root / "labels.json").read_text())["classes"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{root / 'labels.json'}: unreadable ({exc})") from None
+            raise BadInput(f"{root / 'labels.json'}: unreadable ({exc})") from None
     images, labels = [], []
     for _, p, mp in tqdm(pairs, desc="load real", unit="img"):
         im, lab = load_rgb(p), load_label_png(mp)
         if lab.shape != im.shape[:2] or (images and im.shape != images[0].shape):
-            raise ValueError(f"{p}: image {im.shape[:2]} / mask {lab.shape} differ from each other or from "
-                             f"the first image {images[0].shape[:2] if images else ''}; all must match")
+            raise BadInput(f"{p}: image {im.shape[:2]} / mask {lab.shape} differ from each other or from "
+                           f"the first image {images[0].shape[:2] if images else ''}; all must match")
         if lab.max() >= len(names):
-            raise ValueError(f"{mp}: label {lab.max()} but only {len(names)} classes ({names})")
+            raise BadInput(f"{mp}: label {lab.max()} but only {len(names)} classes ({names})")
         images.append(im), labels.append(lab)
     return LabelledData(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)),
                         np.array([i for i, _, _ in pairs], np.int64), names, source=str(root))
@@ -165,7 +166,7 @@ def _hash01(ids: np.ndarray, salt: int) -> np.ndarray:
 def val_split(ids: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """Boolean mask of the validation images: about `fraction` of them, at least one (when N > 1)."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+        raise BadInput(f"val_fraction must be in [0, 1), got {fraction}")
     h = _hash01(ids, seed)
     val = h < fraction
     if fraction > 0 and len(ids) > 1:
@@ -293,9 +294,9 @@ def soft_targets(idx: torch.Tensor, prob: torch.Tensor, num_classes: int) -> tor
 class UNetTrainer:
     def __init__(self, cfg: UNetTrainConfig, data: LabelledData, out: str | os.PathLike, device: str = "cpu"):
         if cfg.soft and data.topk_idx is None:
-            raise ValueError("soft targets need a synthesized dataset with --soft-topk")
+            raise BadInput("soft targets need a synthesized dataset with --soft-topk")
         if cfg.batch < 1 or cfg.steps < 1:
-            raise ValueError(f"batch and steps must be >= 1, got {cfg.batch} and {cfg.steps}")
+            raise BadInput(f"batch and steps must be >= 1, got {cfg.batch} and {cfg.steps}")
         self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
         val = val_split(data.ids, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = data.subset(np.flatnonzero(~val)), data.subset(np.flatnonzero(val))
@@ -337,18 +338,18 @@ class UNetTrainer:
     def load(self, path: Path | None = None) -> None:
         path = path or self.state_path
         if not path.is_file():
-            raise FileNotFoundError(f"--resume: no training state at {path}")
+            raise MissingFile(f"--resume: no training state at {path}")
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
             saved = json.loads(state["config"])
         except Exception as exc:
-            raise ValueError(f"{path}: unreadable training state ({exc})") from None
+            raise BadInput(f"{path}: unreadable training state ({exc})") from None
         arch = ("width", "depth")
         if any(saved[k] != getattr(self.cfg, k) for k in arch) or \
                 state["model"]["head.weight"].shape[0] != len(self.class_names):
-            raise ValueError(f"{path}: checkpoint UNet (width {saved['width']}, depth {saved['depth']}, "
-                             f"{state['model']['head.weight'].shape[0]} classes) differs from the requested one "
-                             f"(width {self.cfg.width}, depth {self.cfg.depth}, {len(self.class_names)} classes)")
+            raise BadInput(f"{path}: checkpoint UNet (width {saved['width']}, depth {saved['depth']}, "
+                           f"{state['model']['head.weight'].shape[0]} classes) differs from the requested one "
+                           f"(width {self.cfg.width}, depth {self.cfg.depth}, {len(self.class_names)} classes)")
         self.unet.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
@@ -427,34 +428,40 @@ class UNetTrainer:
 # CLI: ganseg train-unet
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ganseg.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+
     d = UNetTrainConfig()
     p.add_argument("--data", default=None, help="synthesized dataset folder (`ganseg synthesize --out`)")
     p.add_argument("--real", default=None, help="or: folder of real NNNN.png + NNNN_mask.png pairs")
     p.add_argument("--out", required=True, help="run folder: unet.safetensors, unet.json, train_state.pt")
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--depth", type=int, default=d.depth)
-    p.add_argument("--steps", type=int, default=d.steps, help="total steps (resume continues the count)")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--width", type=positive_int, default=d.width)
+    p.add_argument("--depth", type=positive_int, default=d.depth)
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="total steps (resume continues the count)")
+    p.add_argument("--batch", type=positive_int, default=d.batch)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--soft", action="store_true", help="soft targets from the stored top-k probabilities")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--max-uncertainty", type=float, default=None, help="stricter filter on a synthesized set")
+    p.add_argument("--val-fraction", type=nonnegative_float, default=d.val_fraction)
+    p.add_argument("--val-every", type=positive_int, default=d.val_every)
+    p.add_argument("--ckpt-every", type=positive_int, default=d.ckpt_every)
+    p.add_argument("--max-uncertainty", type=nonnegative_float, default=None,
+                   help="stricter filter on a synthesized set")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ganseg.paths import check_out_dir
+
+    check_out_dir(args.out)  # before any data is read or a step is trained
     if args.threads:
         torch.set_num_threads(args.threads)
     if (args.data is None) == (args.real is None):
-        raise ValueError("give exactly one of --data (synthesized dataset) or --real (labelled images)")
+        raise BadInput("give exactly one of --data (synthesized dataset) or --real (labelled images)")
     if args.real and args.soft:
-        raise ValueError("--soft needs a synthesized dataset (--data) made with --soft-topk")
+        raise BadInput("--soft needs a synthesized dataset (--data) made with --soft-topk")
     cfg = UNetTrainConfig(width=args.width, depth=args.depth, steps=args.steps, batch=args.batch, lr=args.lr,
                           soft=args.soft, val_fraction=args.val_fraction, val_every=args.val_every,
                           ckpt_every=args.ckpt_every, max_uncertainty=args.max_uncertainty,

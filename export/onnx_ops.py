@@ -1,0 +1,152 @@
+"""Shared ONNX helpers for every ganseg export: metadata, checks, atomic saves, output-path checks.
+
+Why a module of its own: the UNet export, the labeler export and INT8 quantization all write ONNX
+files that a server or client must be able to use with nothing else at hand. They share one
+metadata convention (plain strings for names/hashes/versions, JSON for everything structured),
+one definition of "a valid file" (`onnx.checker` full check + strict shape inference) and one way
+of writing (serialize in memory, then `ganseg.images.write_atomic`, so a crash never leaves half a
+model under the final name). The output path is checked *before* the (slow) export starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import onnx
+
+from ganseg.errors import UserError
+
+# Metadata values stored verbatim (strings); every other key is JSON-encoded.
+PLAIN_KEYS = frozenset({"ganseg.format", "ganseg.version", "input_name", "output_name", "precision",
+                        "source_sha256", "kind", "labels_dtype"})
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    """Write `meta` into model.metadata_props (replacing keys already there)."""
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in meta.items():
+        text = value if key in PLAIN_KEYS and isinstance(value, str) else json.dumps(value)
+        model.metadata_props.add(key=key, value=text)
+
+
+def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """metadata_props strings -> values (plain keys stay strings; the rest are JSON, else left as text)."""
+    out: dict[str, Any] = {}
+    for key, text in props.items():
+        if key in PLAIN_KEYS:
+            out[key] = text
+            continue
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def load_checked(path: str | os.PathLike, what: str = "ONNX model") -> onnx.ModelProto:
+    """onnx.load with a UserError (naming the file and the fix) for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path} (export one with `ganseg export onnx ... --out {path}`)")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise UserError(f"{path}: not a readable ONNX file ({type(exc).__name__}); re-export it "
+                        f"with `ganseg export onnx`") from None
+
+
+def read_metadata(path_or_model: str | os.PathLike | onnx.ModelProto) -> dict[str, Any]:
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else load_checked(path_or_model)
+    return parse_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Full checker + strict shape inference; returns the shape-inferred model (raises on failure)."""
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def op_types(model: onnx.ModelProto) -> set[tuple[str, str]]:
+    """(domain, op_type) of every node, including nodes inside subgraphs and local functions."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(nodes: Iterable[onnx.NodeProto]) -> None:
+        for n in nodes:
+            found.add((n.domain or "", n.op_type))
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g.node)
+                for g in a.graphs:
+                    walk(g.node)
+
+    walk(model.graph.node)
+    for f in model.functions:
+        walk(f.node)
+    return found
+
+
+def check_writable(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """Raise a UserError now (before any slow work) when `out` cannot be written as a file."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a directory; pass a file name such as {out / 'model.onnx'}")
+    parent = out.parent
+    probe = parent
+    while not probe.exists():  # write_atomic creates missing folders: the first existing one must be writable
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {out}: {probe} is a file, not a folder; choose another output path")
+    if parent.exists():
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
+        except OSError as exc:
+            raise UserError(f"{flag} {out}: cannot write in {parent} ({exc.strerror}); choose a writable "
+                            f"folder") from None
+        os.close(fd)
+        os.unlink(tmp)
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: cannot create folders under {probe} (permission denied); choose a "
+                        f"writable folder")
+    if out.exists() and not os.access(out, os.W_OK) and not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {out} exists and cannot be replaced; choose another output path")
+    return out
+
+
+def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
+    """Serialize in memory (all weights inline: these graphs are far below protobuf's 2 GB) and write atomically."""
+    from ganseg.images import write_atomic
+
+    out = Path(out)
+    write_atomic(out, model.SerializeToString())
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def palette_for(num_classes: int) -> list[list[int]]:
+    """The faces palette for its 10 classes; further classes get distinct, deterministic colours."""
+    import colorsys
+
+    from ganseg.labels import PALETTE
+
+    pal = [list(map(int, c)) for c in PALETTE[:num_classes]]
+    for i in range(len(pal), num_classes):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.9)
+        pal.append([round(r * 255), round(g * 255), round(b * 255)])
+    return pal
+
+
+def opset_of(model: onnx.ModelProto, domain: str = "") -> int:
+    return next((o.version for o in model.opset_import if (o.domain or "") == domain), 0)

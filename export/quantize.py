@@ -1,0 +1,161 @@
+"""INT8 UNet: a QDQ graph from ONNX Runtime static quantization, calibrated on rendered faces.
+
+Why QDQ (QuantizeLinear/DequantizeLinear pairs around float ops) rather than QOperator
+(QLinearConv...): the same file serves both runtimes. ONNX Runtime fuses the pairs into int8
+kernels on CPU, and TensorRT reads them as explicit INT8 (it needs no calibration cache then).
+TensorRT only takes zero points of 0, so activations and weights are quantized *symmetric* int8
+(the ORT default, asymmetric uint8 activations, would not parse). Weights are per output channel.
+Only convolutions are quantized: Q/DQ pairs around MaxPool/Resize/Concat cost more than they save
+in ONNX Runtime on CPU (measured: ~1.3x instead of ~1.55x speed-up for the 64 px UNet on a 2-core
+AVX2 machine), and TensorRT propagates int8 through those ops by itself.
+
+Calibration data: rendered faces of the *train* split (`ganseg.faces.split_seeds("train", n)`) at the
+UNet's input size, in the graph's normalization — never the test split, on which the mIoU change
+is measured (see docs/export.md and `int8_report`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ganseg.errors import UserError
+from ganseg.export.onnx_ops import check_model, check_writable, read_metadata, save_model, set_metadata
+
+CALIB_BATCH = 8
+
+
+class RenderedFaces:
+    """onnxruntime CalibrationDataReader: batches of rendered train-split faces as `image` tensors."""
+
+    def __init__(self, n: int, size: int, input_name: str = "image", batch: int = CALIB_BATCH):
+        from tqdm import tqdm
+
+        from ganseg.faces import render_faces, split_seeds
+        from ganseg.images import from_uint8
+
+        if n < 1:
+            raise UserError(f"--calib {n}: calibrate on at least 1 image (64 or more recommended)")
+        images, _ = render_faces(split_seeds("train", n), resolution=size)
+        x = from_uint8(images).numpy()
+        self.batches = [{input_name: x[i: i + batch]} for i in range(0, n, batch)]
+        self._it = iter(tqdm(self.batches, desc="int8 calibration", unit="batch", leave=False))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def final_conv_name(model: onnx.ModelProto) -> str:
+    """The node that writes `logits` (the UNet's 1x1 classifier conv)."""
+    out = model.graph.output[0].name
+    return next(n.name for n in model.graph.node if out in n.output)
+
+
+def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, *, calib_images: int = 64,
+                  opset: int = 17, exclude_final: bool = False, calibrate: str = "minmax") -> Path:
+    """Export the fp32 UNet, quantize it (QDQ, symmetric int8, per-channel weights) and write `out`.
+
+    The file keeps the ONNX UNet contract (float32 `image` in, float32 `logits` out, same metadata
+    with precision "int8" and a `quantization` entry).
+    """
+    import onnxruntime.quantization as q
+
+    from ganseg.export.onnx_export import export_unet
+
+    if out is None:
+        raise UserError("--out is required: the .onnx file to write")
+    out = check_writable(out)
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    if calibrate not in methods:
+        raise UserError(f"calibration method {calibrate!r}: use one of {', '.join(methods)}")
+    with tempfile.TemporaryDirectory(prefix="ganseg-int8-") as tmp:
+        fp32 = export_unet(unet_or_path, Path(tmp) / "fp32.onnx", "fp32", opset=opset)
+        meta = read_metadata(fp32)
+        model = onnx.load(str(fp32))
+        exclude = [final_conv_name(model)] if exclude_final else []
+        reader = RenderedFaces(calib_images, meta["input_size"])
+        t0 = time.perf_counter()
+        q.quantize_static(str(fp32), str(Path(tmp) / "int8.onnx"), reader, quant_format=q.QuantFormat.QDQ,
+                          per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          op_types_to_quantize=["Conv"],
+                          nodes_to_exclude=exclude, calibrate_method=methods[calibrate],
+                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        seconds = time.perf_counter() - t0
+        qmodel = onnx.load(str(Path(tmp) / "int8.onnx"))
+    meta.update(precision="int8", quantization={
+        "format": "QDQ", "ops": ["Conv"], "activations": "int8 symmetric (zero point 0, per tensor)",
+        "weights": "int8 symmetric, per output channel", "calibration": f"{calibrate} on {calib_images} rendered "
+        f"train-split faces at {meta['input_size']}px", "excluded_nodes": exclude, "seconds": round(seconds, 1)})
+    del qmodel.metadata_props[:]
+    set_metadata(qmodel, meta)
+    qmodel.doc_string = model.doc_string.replace("(fp32)", "(int8 QDQ)")
+    check_model(qmodel)
+    return save_model(qmodel, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement: speed and mIoU of fp32 vs int8 in ONNX Runtime (CPU)
+
+def ort_latency(path: str | os.PathLike, x: np.ndarray, threads: int = 2, warmup: int = 3,
+                runs: int = 15) -> float:
+    """Median seconds per run of one batch `x` (after warm-up), ORT CPU with `threads` threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def onnx_miou(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch: int = 8) -> float:
+    import torch
+
+    from ganseg.evaluate import confusion_matrix, mean_iou
+    from ganseg.export.onnx_export import ort_session
+    from ganseg.images import from_uint8
+
+    sess = ort_session(path, threads=2)
+    k = len(read_metadata(path)["class_names"])
+    conf = torch.zeros(k, k, dtype=torch.int64)
+    for i in range(0, len(images), batch):
+        logits = sess.run(None, {"image": from_uint8(images[i: i + batch]).numpy()})[0]
+        pred = torch.from_numpy(logits.argmax(1))
+        conf += confusion_matrix(pred, torch.from_numpy(labels[i: i + batch].astype(np.int64)), k)
+    return float(mean_iou(conf))
+
+
+def int8_report(fp32: str | os.PathLike, int8: str | os.PathLike, n_test: int = 200, threads: int = 2,
+                batch: int = 8, runs: int = 15) -> dict:
+    """Speed-up (median latency, batch `batch` at input_size) and mIoU change on rendered test faces."""
+    from ganseg.faces import render_faces, split_seeds
+    from ganseg.images import from_uint8
+
+    size = read_metadata(fp32)["input_size"]
+    images, labels = render_faces(split_seeds("test", n_test), resolution=size)
+    x = from_uint8(images[:batch]).numpy()
+    t32 = ort_latency(fp32, x, threads, runs=runs)
+    t8 = ort_latency(int8, x, threads, runs=runs)
+    m32, m8 = onnx_miou(fp32, images, labels), onnx_miou(int8, images, labels)
+    return {"fp32_ms": 1e3 * t32, "int8_ms": 1e3 * t8, "speedup": t32 / t8, "miou_fp32": 100 * m32,
+            "miou_int8": 100 * m8, "miou_change_points": 100 * (m8 - m32), "n_test": n_test, "batch": batch,
+            "threads": threads, "input_size": size,
+            "fp32_mb": Path(fp32).stat().st_size / 1e6, "int8_mb": Path(int8).stat().st_size / 1e6}

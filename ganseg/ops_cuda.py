@@ -1,0 +1,103 @@
+"""Lazy loader of the resample-accumulate CUDA extension (the NVlabs `torch_utils/ops` pattern).
+
+Why lazy and cached: building takes a minute (nvcc + a torch binding), needs a CUDA toolkit and
+ninja, and is pointless on CPU. So nothing is built at import; the first CUDA call of
+`ganseg.ops.resample_accumulate` (impl "auto" or "cuda") calls `load()`, which compiles
+`ganseg/csrc/*.{cu,cpp}` with `torch.utils.cpp_extension.load` into torch's extension cache
+(`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) under a name that carries a digest
+of the sources, so a changed kernel is rebuilt and an unchanged one is loaded in seconds. A failed
+build is remembered for the process: "auto" then falls back to the torch path with ONE warning
+saying why; an explicit impl="cuda" raises with the same reason.
+
+The kernel source is plain CUDA C++ (no torch headers) so the test suite compiles it with nvcc on
+machines without a GPU, and the TensorRT plugin (export/plugin/) compiles the very same file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("resample_accumulate.cu", "resample_accumulate_binding.cpp")
+HEADERS = ("resample_accumulate.h", "resample_accumulate.cuh")
+ACTIVATIONS = {"none": 0, "relu": 1, "lrelu": 2}  # codes of ganseg::Activation
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_failure: str | None = None
+_warned = False
+
+
+def source_digest() -> str:
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode())
+        h.update((CSRC / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def unavailable_reason() -> str | None:
+    """Why the extension cannot be built here (checked without building), or None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support"
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        return "no CUDA toolkit found (install one with nvcc or set CUDA_HOME)"
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not installed (pip install ninja), torch.utils.cpp_extension needs it"
+    missing = [n for n in SOURCES + HEADERS if not (CSRC / n).is_file()]
+    if missing:
+        return f"kernel sources missing from the installed package: {', '.join(missing)} (reinstall ganseg)"
+    return None
+
+
+def load(verbose: bool = False) -> ModuleType:
+    """The built extension; builds it on first use. Raises RuntimeError saying why it cannot."""
+    global _module, _failure
+    with _lock:
+        if _module is not None:
+            return _module
+        if _failure is not None:
+            raise RuntimeError(_failure)
+        reason = unavailable_reason()
+        if reason is not None:
+            _failure = reason
+            raise RuntimeError(reason)
+        from torch.utils import cpp_extension
+
+        try:
+            _module = cpp_extension.load(
+                name=f"ganseg_resample_accumulate_{source_digest()}",
+                sources=[str(CSRC / n) for n in SOURCES],
+                extra_include_paths=[str(CSRC)],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3", "-lineinfo"],
+                verbose=verbose or bool(os.environ.get("GANSEG_OPS_VERBOSE")),
+            )
+        except Exception as exc:  # a compiler error: remembered, reported once by the caller
+            first = " ".join(str(exc).split())[:400]
+            _failure = f"building the extension failed: {type(exc).__name__}: {first}"
+            raise RuntimeError(_failure) from exc
+        return _module
+
+
+def try_load() -> ModuleType | None:
+    """`load()` for impl="auto": None on failure, after ONE warning per process saying why."""
+    global _warned
+    try:
+        return load()
+    except RuntimeError as exc:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"ganseg.ops: CUDA resample-accumulate kernel unavailable ({exc}); "
+                          "using the torch implementation", RuntimeWarning, stacklevel=3)
+        return None

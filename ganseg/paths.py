@@ -1,0 +1,106 @@
+"""Output targets checked before any work starts.
+
+Why: every stage writes its results at the end (a trained head, a grid of images, a dataset
+manifest). An `--out` that cannot be written (an existing file where a folder is expected, a folder
+where a file is expected, a read-only or permission-denied place) used to be found only then, after
+minutes of training or inversion, and the work was lost. `check_out_dir` / `check_out_file` prove the
+target writable first and raise a one-line `UserError` naming the argument, the path and the fix.
+
+Nothing is created: the check writes (and removes) a probe file in the nearest folder that already
+exists, so it also catches read-only file systems and, unlike `os.access`, tells the truth for root.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ganseg.errors import BadInput
+
+
+def _nearest_existing(path: Path, arg: str) -> Path:
+    """The deepest existing ancestor of `path` (path itself excluded); it must be a folder."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInput(f"{arg} {path}: {parent} is a file, not a folder; choose an {arg} outside it "
+                               f"or move that file away")
+            return parent
+    return Path(".")  # pragma: no cover - relative paths always reach "."
+
+
+def _probe_writable(folder: Path, arg: str, path: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ganseg-write-probe.")
+    except OSError as exc:
+        raise BadInput(f"{arg} {path}: cannot write in {folder} ({exc.strerror or exc}); choose a writable "
+                       f"{arg} or fix its permissions") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_out_dir(path: str | os.PathLike, arg: str = "--out") -> Path:
+    """`path` will be a folder of outputs: it must be an existing folder we can write in, or creatable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{arg} {path} is an existing file, but a folder is expected here; pass a folder "
+                       f"path (it is created if missing)")
+    folder = path if path.is_dir() else _nearest_existing(path, arg)
+    _probe_writable(folder, arg, path)
+    return path
+
+
+def check_out_file(path: str | os.PathLike, arg: str = "--out", suffix: str | None = None) -> Path:
+    """`path` will be written as one file: it must not be a folder, and its folder must be writable.
+
+    With `suffix` (e.g. ".safetensors"), a path without that suffix is refused, since readers look for it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        hint = f" such as {path / ('out' + suffix)}" if suffix else " inside it"
+        raise BadInput(f"{arg} {path} is an existing folder, but a file is expected here; pass a file path{hint}")
+    if suffix and path.suffix != suffix:
+        raise BadInput(f"{arg} {path}: expected a {suffix} file name, e.g. {path.with_suffix(suffix)}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise BadInput(f"{arg} {path}: {parent} is a file, not a folder; choose another {arg}")
+    _probe_writable(parent if parent.is_dir() else _nearest_existing(path, arg), arg, path)
+    return path
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """One distinct output name per input file (its stem), deterministic; never two the same.
+
+    Inputs sharing a stem (a/0000.png, b/0000.png) are named by their path below their common
+    folder, joined by "__" (a__0000, b__0000); the same stem twice in one folder keeps the extension
+    (0000_png, 0000_jpg). The same file given twice, or a clash left after that, is a BadInput.
+
+    Clashes are found case-insensitively (macOS and Windows file systems ignore case).
+    """
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    seen: dict[Path, str] = {}
+    for p, r in zip(paths, resolved):
+        if r in seen:
+            raise BadInput(f"{p} is given twice (also as {seen[r]}); pass each image once")
+        seen[r] = p
+    names = [r.stem for r in resolved]
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(n.lower(), []).append(i)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        common = Path(os.path.commonpath([str(resolved[i].parent) for i in idx]))
+        rel = [resolved[i].relative_to(common).parts for i in idx]
+        cand = ["__".join(r[:-1] + (Path(r[-1]).stem,)) for r in rel]
+        if len({c.lower() for c in cand}) < len(cand):  # same stem in one folder: keep the extension
+            cand = ["__".join(r[:-1] + (r[-1].replace(".", "_"),)) for r in rel]
+        for i, c in zip(idx, cand):
+            names[i] = c
+    lowered = [n.lower() for n in names]
+    for i, n in enumerate(lowered):
+        j = next((j for j in range(i + 1, len(lowered)) if lowered[j] == n), None)
+        if j is not None:
+            raise BadInput(f"{paths[i]} and {paths[j]} would both be written as {names[i]}_*.png; rename one "
+                           f"or process them into different --out folders")
+    return names

@@ -1,0 +1,379 @@
+"""`ganseg serve`: run the real Triton Inference Server (from the nvidia-pytriton wheel) on a model
+repository, and `TritonServer`, the same thing as a context manager for tests and benchmarks.
+
+    with TritonServer(repo) as server:          # free loopback ports, waits until every model is ready
+        print(server.http_url, server.grpc_url)  # "127.0.0.1:PORT" (tritonclient's url form)
+
+Why these choices:
+- loopback by default and `--model-control-mode=none`: nobody on the network can load or unload
+  models; what is in the repository at start is what is served.
+- `--disable-auto-complete-config`: loads faster, and ganseg's configs are complete anyway.
+- The server is started in a new session (process group), so stopping it also ends every
+  Python-backend stub it spawned; SIGTERM first (Triton drains requests), SIGKILL after a timeout.
+- Readiness is polled on /v2/health/ready (strict readiness: every model loaded). If the server
+  dies or is not ready in time, the error carries the tail of its log (port clash, stub failure,
+  a model that failed to load).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ganseg.errors import UserError
+from ganseg.serving import tritonenv
+
+READY_TIMEOUT_S = 120.0
+# error-level lines Triton always prints on a machine without a GPU
+_HARMLESS = ("CudaDriverHelper has not been initialized", "unable to create stream")
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in (avoid or set()):
+            return port
+    raise RuntimeError("no free port found")
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Processes still alive in a process group (from /proc; Linux)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                pids.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory (bytes) of a process plus all its descendants (the server and its stubs)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+class TritonServer:
+    """The real `tritonserver` on `repo`, as a context manager (also `.start()` / `.stop()`).
+
+    Ports left None are chosen free on the loopback interface. `.http_url`, `.grpc_url` and
+    `.metrics_url` are "host:port" strings (what tritonclient takes); `.log_text()` is the server
+    log so far.
+    """
+
+    def __init__(self, repo: str | os.PathLike, http_port: int | None = None, grpc_port: int | None = None,
+                 metrics_port: int | None = None, log_path: str | os.PathLike | None = None,
+                 host: str = "127.0.0.1", ready_timeout: float = READY_TIMEOUT_S, log_verbose: int = 0,
+                 extra_args: list[str] | None = None):
+        self.repo = Path(repo)
+        self.host = host
+        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.ready_timeout = ready_timeout
+        self.log_verbose = log_verbose
+        self.extra_args = list(extra_args or [])
+        self._own_log = log_path is None
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.process: subprocess.Popen | None = None
+
+    # -- addresses ----------------------------------------------------------------------------
+    def _url(self, kind: str) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{self.ports[kind]}"
+
+    @property
+    def http_url(self) -> str:
+        return self._url("http")
+
+    @property
+    def grpc_url(self) -> str:
+        return self._url("grpc")
+
+    @property
+    def metrics_url(self) -> str:
+        return self._url("metrics")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _check(self) -> None:
+        if not self.repo.is_dir():
+            raise UserError(f"--repo {self.repo}: no such folder; write one with "
+                            f"`ganseg export triton --repo {self.repo}`")
+        if not any(self.repo.glob("*/config.pbtxt")):
+            raise UserError(f"--repo {self.repo}: no model folders with a config.pbtxt; fill it with "
+                            f"`ganseg export triton --repo {self.repo}`")
+        used: set[int] = set()
+        for kind, port in self.ports.items():
+            if port is None:
+                continue
+            if not 0 < int(port) < 65536:
+                raise UserError(f"--{kind}-port {port}: not a port number (1..65535)")
+            if port in used:
+                raise UserError(f"--{kind}-port {port}: already given to another endpoint; use distinct ports")
+            if _port_in_use(self.host, int(port)):
+                raise UserError(f"--{kind}-port {port}: something already listens on {self.host}:{port}; "
+                                f"stop it or pick another port")
+            used.add(int(port))
+        for kind, port in self.ports.items():
+            if port is None:
+                self.ports[kind] = free_port(self.host, used)
+                used.add(self.ports[kind])
+
+    def command(self) -> list[str]:
+        root = tritonenv.triton_root()
+        return [str(tritonenv.tritonserver_binary()),
+                f"--model-repository={self.repo.resolve()}",
+                f"--backend-directory={tritonenv.backend_directory()}",
+                f"--cache-directory={root / 'caches'}",
+                "--model-control-mode=none",
+                f"--http-address={self.host}", f"--http-port={self.ports['http']}",
+                f"--grpc-address={self.host}", f"--grpc-port={self.ports['grpc']}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}",
+                "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
+                "--exit-timeout-secs=5", "--strict-readiness=true", "--disable-auto-complete-config",
+                f"--log-verbose={int(self.log_verbose)}",
+                *self.extra_args]
+
+    def start(self) -> "TritonServer":
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        self._check()
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="ganseg-triton-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, env=tritonenv.server_environment(), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        url = f"http://{self.http_url}/v2/health/ready"
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise UserError(f"tritonserver exited with code {code} before it was ready: {self._reason()}; "
+                                f"fix that and retry (server log: {self.log_path})")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise UserError(f"tritonserver was not ready after {self.ready_timeout:.0f} s: {self._reason()}; "
+                                f"raise --ready-timeout or fix that (server log: {self.log_path})")
+            time.sleep(0.1)
+
+    def _reason(self) -> str:
+        """One line: the server's first real error (a model that failed to load, a stub that did
+        not start, a port in use)."""
+        text = self.log_text()
+        if "address already in use" in text.lower():
+            return "a port is already in use (pick other ports, or omit them for free ones)"
+        for ln in text.splitlines():
+            if ln.startswith("E") and not any(h in ln for h in _HARMLESS):
+                msg = ln.split("] ", 1)[-1].strip().strip('"').split("\\n")[0]
+                return " ".join(msg.split())[:400]
+        last = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(("|", "+"))]
+        return " ".join(last[-1].split())[:400] if last else "no log output"
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 12) -> str:
+        """The server's error lines (the harmless CPU-only ones left out) and its last lines, without
+        the start-up option table: what explains a failed start."""
+        text = [ln for ln in self.log_text().splitlines() if ln.strip() and not ln.startswith(("|", "+"))]
+        errors = [ln for ln in text if ln.startswith("E") and not any(h in ln for h in _HARMLESS)]
+        tail = [ln for ln in text[-lines:] if ln not in errors]
+        return "\n".join(errors[-20:] + tail)
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and its Python-backend stubs."""
+        return process_tree_rss(self.pid) if self.is_running() else 0
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the server (Triton drains and unloads), SIGKILL its whole process group after
+        `timeout`; returns its exit code. Nothing of it is left running afterwards."""
+        p = self.process
+        if p is None:
+            return None
+        pgid = p.pid  # start_new_session: the server leads its own group, stubs included
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + 5.0
+        while _group_pids(pgid) and time.monotonic() < deadline:  # stubs exit right after the server
+            time.sleep(0.05)
+        if _group_pids(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        code = p.wait()
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self._own_log and self.log_path is not None and exc[0] is None:
+            try:
+                self.log_path.unlink()
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------------------------
+# the bundled default repository
+
+def default_repository() -> Path:
+    """A CPU repository for the bundled default UNet, exported on first use into the cache
+    ($XDG_CACHE_HOME/ganseg/triton/default-<hash>): the hash covers the weights and ganseg's
+    version, so a new default UNet or a new ganseg gets a fresh export."""
+    import hashlib
+    import shutil
+
+    from ganseg import __version__
+    from ganseg.serving.repository import MARKER, build_repository
+    from ganseg.unet import DEFAULT_UNET
+
+    if not DEFAULT_UNET.is_file():
+        raise UserError(f"the bundled default UNet ({DEFAULT_UNET}) is not installed; pass --repo DIR "
+                        f"(write one with `ganseg export triton --unet RUN --repo DIR`)")
+    h = hashlib.sha256(DEFAULT_UNET.read_bytes())
+    h.update(__version__.encode())
+    h.update(Path(__file__).with_name("repository.py").read_bytes())  # new config layout: new export
+    repo = tritonenv.cache_dir() / "triton" / f"default-{h.hexdigest()[:12]}"
+    if (repo / MARKER).is_file():
+        return repo
+    tmp = repo.with_name(f".{repo.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    print(f"exporting the bundled default UNet to a Triton repository: {repo} (first use only)")
+    build_repository(tmp)
+    try:
+        os.replace(tmp, repo)  # atomic: a concurrent first use keeps one complete copy
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (repo / MARKER).is_file():
+            raise
+    return repo
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: ganseg serve
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", default=None,
+                   help="model repository (default: the bundled default UNet, exported on first use into the cache)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default loopback; 0.0.0.0 exposes the server to the network)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log", default=None, help="server log file (default: a temporary file, shown on errors)")
+    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level")
+    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait for all models")
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = Path(args.repo) if args.repo else default_repository()
+    server = TritonServer(repo, args.http_port, args.grpc_port, args.metrics_port, log_path=args.log,
+                          host=args.host, ready_timeout=args.ready_timeout, log_verbose=args.log_verbose)
+    stop = {"signal": None, "started": False}
+
+    def on_signal(signum, _frame):
+        if not stop["started"]:  # still starting: unwind through start(), which stops the server
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except UserError:
+            print(f"tritonserver log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr, flush=True)
+            raise
+        stop["started"] = True
+        models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+        print(f"Triton {repo} ready (pid {server.pid}): HTTP {server.http_url}  gRPC {server.grpc_url}  "
+              f"metrics http://{server.metrics_url}/metrics\nmodels: {', '.join(models)}\n"
+              f"log: {server.log_path}\nCtrl-C stops it.", flush=True)
+        while stop["signal"] is None and server.is_running():
+            time.sleep(0.2)
+        if stop["signal"] is None:
+            print(f"tritonserver exited unexpectedly (code {server.process.returncode}); log tail:\n"
+                  f"{server.log_tail()}", flush=True)
+            return 1
+        print("stopping Triton ...", flush=True)
+    finally:
+        code = server.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(f"Triton stopped (exit code {code})")
+    return 0

@@ -1,0 +1,363 @@
+"""The CUDA resample-accumulate kernel, checked on a machine without a GPU (and on one with).
+
+Why these checks can be trusted without a GPU:
+1. nvcc (13, on the CPU machines) compiles the kernel source for sm_80 and sm_90 on every run, with
+   the flags the TensorRT plugin's CMake build uses for the same file (-std=c++17, -fPIC), and
+   ptxas must report every kernel instantiation (3 dtypes x {accumulate, label}) for both archs.
+2. The same nvcc call links a host program (tests/csrc/resample_host_check.cu) that runs the
+   kernels' own __host__ __device__ per-pixel code (index math, fp32 accumulation, fp16/bf16
+   conversions, activation, online softmax) on the CPU; its results must match ganseg.ops.
+3. A NumPy emulation of the index formulas (same expressions as the .cuh) must reproduce
+   ganseg.ops.resize, so a formula error shows up even where nvcc is missing.
+4. The dispatch: CPU tensors take the torch path without building anything, GANSEG_OPS_IMPL is
+   honoured, impl="cuda" on CPU tensors is a clear error.
+The GPU tests at the end run only where torch sees a CUDA device (issue 13's GPU run also executes
+benchmarks/gpu_kernel_check.py, whose CPU smoke mode is tested here).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganseg import ops, ops_cuda
+from ganseg.errors import BadInput
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "ganseg" / "csrc"
+HOST_CHECK = ROOT / "tests" / "csrc" / "resample_host_check.cu"
+ARCHS = ("sm_80", "sm_90")
+KERNELS = [f"{k}_kernel<{t}>" for k in ("resample_accumulate", "resample_label") for t in ("float", "__half", "__nv_bfloat16")]
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+ACT_CODES = {"none": 0, "relu": 1, "lrelu": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# 1 + 2: nvcc build (one call, both archs) and the host emulation it produces
+
+@pytest.fixture(scope="module")
+def nvcc_build(tmp_path_factory):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH: the kernel compile test needs the CUDA toolkit's nvcc (13 on the project's machines)")
+    out = tmp_path_factory.mktemp("nvcc") / "resample_host_check"
+    cmd = [nvcc, "-std=c++17", "-O2", "--threads", "2", "-Xcompiler", "-fPIC,-Wall", "-Xptxas", "-v",
+           *[f"-gencode=arch=compute_{a[3:]},code={a}" for a in ARCHS],
+           f"-I{CSRC}", str(CSRC / "resample_accumulate.cu"), str(HOST_CHECK), "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return {"cmd": cmd, "rc": r.returncode, "log": r.stdout + r.stderr, "exe": out}
+
+
+def _demangle(log: str) -> str:
+    cxxfilt = shutil.which("c++filt")
+    if cxxfilt is None:
+        return log
+    return subprocess.run([cxxfilt], input=log, capture_output=True, text=True).stdout
+
+
+def test_nvcc_compiles_every_kernel_for_sm80_and_sm90(nvcc_build):
+    assert nvcc_build["rc"] == 0, f"nvcc failed:\n{' '.join(nvcc_build['cmd'])}\n{nvcc_build['log'][-4000:]}"
+    log = _demangle(nvcc_build["log"])
+    compiled = re.findall(r"Compiling entry function '(.+?)' for '(sm_\d+)'", log)
+    for arch in ARCHS:
+        names = [n for n, a in compiled if a == arch]
+        for k in KERNELS:
+            assert any(k in n for n in names), f"{k} not compiled for {arch}; ptxas compiled {names}"
+    assert len(compiled) == len(KERNELS) * len(ARCHS)
+    # no compiler warnings from our own sources (torch-free, plain CUDA C++)
+    ours = [ln for ln in log.splitlines() if "warning" in ln.lower() and ("csrc" in ln)]
+    assert not ours, "\n".join(ours)
+
+
+def test_launchers_are_linkable_symbols(nvcc_build):
+    """The torch binding and the TensorRT plugin link to these two host functions."""
+    assert nvcc_build["rc"] == 0
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) not on PATH")
+    syms = subprocess.run([nm, "-C", str(nvcc_build["exe"])], capture_output=True, text=True).stdout
+    for name in ("ganseg::launch_resample_accumulate(", "ganseg::launch_resample_label(", "ganseg::check_args("):
+        assert name in syms, f"{name} missing from the compiled object"
+
+
+def run_host_check(exe: Path, tmp: Path, maps: list[torch.Tensor], bias: torch.Tensor | None, size: int,
+                   align_corners: bool, activation: str, dtype: torch.dtype):
+    n, k = maps[0].shape[:2]
+    header = [DTYPE_CODES[dtype], ACT_CODES[activation], int(align_corners), n, k, size, int(bias is not None),
+              len(maps), *[m.shape[-1] for m in maps]]
+    blob = np.asarray(header, np.int32).tobytes()
+    blob += b"".join(m.float().contiguous().numpy().tobytes() for m in maps)
+    if bias is not None:
+        blob += bias.float().numpy().tobytes()
+    (tmp / "in.bin").write_bytes(blob)
+    r = subprocess.run([str(exe), str(tmp / "in.bin"), str(tmp / "out.bin")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"host check exited {r.returncode}: {r.stderr}"
+    raw = (tmp / "out.bin").read_bytes()
+    n_out, n_pix = n * k * size * size, n * size * size
+    out = np.frombuffer(raw, np.float32, n_out).reshape(n, k, size, size)
+    labels = np.frombuffer(raw, np.uint8, n_pix, offset=4 * n_out).reshape(n, size, size)
+    conf = np.frombuffer(raw, np.float32, n_pix, offset=4 * n_out + n_pix).reshape(n, size, size)
+    probes = np.frombuffer(raw, np.int32, 5, offset=4 * n_out + 5 * n_pix)
+    return torch.from_numpy(out.copy()), torch.from_numpy(labels.copy()), torch.from_numpy(conf.copy()), probes
+
+
+# (dtype, activation, align_corners, K, size, resolutions): up (bilinear), identity, down (area,
+# integral and not), K not a multiple of the kernel's 8-channel chunk, odd scales
+CASES = [
+    (torch.float32, "none", False, 13, 16, (4, 8, 16, 32, 64)),
+    (torch.float32, "lrelu", True, 5, 16, (4, 8, 16, 32)),
+    (torch.float32, "relu", False, 8, 12, (5, 7, 12, 20, 36)),
+    (torch.float16, "relu", False, 10, 16, (4, 8, 16, 32)),
+    (torch.bfloat16, "none", True, 9, 12, (3, 6, 24)),
+]
+# relative to max |reference|: fp32 accumulation; then the stored output's rounding
+TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+@pytest.mark.parametrize("dtype,activation,align_corners,k,size,res", CASES,
+                         ids=[f"{str(c[0])[6:]}-{c[1]}-ac{int(c[2])}-K{c[3]}-S{c[4]}" for c in CASES])
+def test_host_emulation_matches_ops(nvcc_build, tmp_path, dtype, activation, align_corners, k, size, res):
+    assert nvcc_build["rc"] == 0
+    g = torch.Generator().manual_seed(k * 100 + size)
+    # inputs rounded to the kernel's dtype first; the reference is then exact maths on those values
+    maps = [torch.randn(2, k, r, r, generator=g).to(dtype).double() for r in res]
+    bias = torch.randn(k, generator=g).to(dtype).double()
+    ref = ops.resample_projected(maps, bias, size, align_corners, activation, impl="torch")
+    out, labels, conf, probes = run_host_check(nvcc_build["exe"], tmp_path, maps, bias, size, align_corners,
+                                               activation, dtype)
+    scale = ref.abs().max().item()
+    err = (out.double() - ref).abs().max().item() / scale
+    assert err <= TOL[dtype], f"max relative error {err:.2e} > {TOL[dtype]:.0e}"
+    # labeling variant: argmax of the (pre-activation) logits, max softmax probability. Its logits
+    # never leave fp32 registers (nothing is stored in the dtype), so fp32 tolerances apply
+    logits = ops.resample_projected(maps, bias, size, align_corners, "none", impl="torch")
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * scale  # no near-tie that fp32 rounding could flip
+    assert clear.float().mean() > 0.99
+    assert torch.equal(labels.long()[clear], logits.argmax(1)[clear])
+    torch.testing.assert_close(conf.double(), logits.softmax(1).amax(1), atol=1e-5, rtol=0)
+    assert probes.tolist() == [1] * 5, f"check_args accepted an invalid launch: {probes.tolist()}"
+
+
+# --------------------------------------------------------------------------------------------
+# 3: NumPy emulation of the .cuh index formulas (float32 arithmetic, as on the device)
+
+def linear_tap(dst: int, n_in: int, n_out: int, align_corners: bool):
+    f32 = np.float32
+    if align_corners:
+        scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0)
+        src = scale * f32(dst)
+    else:
+        scale = f32(n_in) / f32(n_out)
+        src = max(scale * (f32(dst) + f32(0.5)) - f32(0.5), f32(0))
+    i0 = min(int(src), n_in - 1)
+    i1 = i0 + (1 if i0 < n_in - 1 else 0)
+    w1 = f32(src - f32(i0))
+    return i0, i1, f32(1) - w1, w1
+
+
+def area_window(dst: int, n_in: int, n_out: int):
+    return (dst * n_in) // n_out, ((dst + 1) * n_in + n_out - 1) // n_out
+
+
+def resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    m = np.zeros((n_out, n_in))
+    for d in range(n_out):
+        if n_in == n_out:
+            m[d, d] = 1
+        elif n_in < n_out:
+            i0, i1, w0, w1 = linear_tap(d, n_in, n_out, align_corners)
+            m[d, i0] += w0
+            m[d, i1] += w1
+        else:
+            s, e = area_window(d, n_in, n_out)
+            m[d, s:e] = 1 / (e - s)
+    return m
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("n_in,n_out", [(4, 16), (8, 16), (5, 12), (7, 64), (1, 8), (16, 16), (32, 16), (64, 16),
+                                        (36, 12), (20, 12), (24, 7), (1024, 256)])
+def test_numpy_index_math_matches_resize(n_in, n_out, align_corners):
+    x = torch.randn(1, 2, n_in, n_in, dtype=torch.float64, generator=torch.Generator().manual_seed(n_in))
+    m = resize_matrix(n_in, n_out, align_corners)
+    emulated = np.einsum("yi,ncij,xj->ncyx", m, x.numpy(), m)
+    ref = ops.resize(x, n_out, align_corners).numpy()
+    np.testing.assert_allclose(emulated, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# 4: dispatch on CPU
+
+def _feats(dtype=torch.float64, n=2):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(n, c, r, r, generator=g, dtype=dtype) for r, c in ((4, 6), (8, 5), (8, 7), (16, 3), (32, 4))]
+
+
+def test_cpu_auto_takes_torch_path_without_building(monkeypatch):
+    def must_not_build(*a, **k):
+        raise AssertionError("the CUDA extension must not be built for CPU tensors")
+
+    monkeypatch.delenv(ops.ENV_IMPL, raising=False)
+    monkeypatch.setattr(ops_cuda, "load", must_not_build)
+    monkeypatch.setattr(ops_cuda, "try_load", must_not_build)
+    feats = _feats()
+    w, b = torch.randn(12, 25, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
+    assert ops.resolve_impl("auto", [*feats, w, b]) == "torch"
+    out = ops.resample_accumulate(feats, w, b, 16)
+    torch.testing.assert_close(out, ops.resample_accumulate_reference(feats, w, b, 16), rtol=1e-10, atol=1e-10)
+
+
+def test_env_var_forces_reference(monkeypatch):
+    calls = []
+    original = ops.materialize
+    monkeypatch.setattr(ops, "materialize", lambda *a, **k: calls.append(1) or original(*a, **k))
+    feats = _feats()
+    w = torch.randn(3, 25, dtype=torch.float64)
+    monkeypatch.delenv(ops.ENV_IMPL, raising=False)
+    ops.resample_accumulate(feats, w, None, 16)
+    assert calls == []  # the fused path builds no stack
+    monkeypatch.setenv(ops.ENV_IMPL, "reference")
+    assert ops.resolve_impl("auto", feats) == "reference"
+    ops.resample_accumulate(feats, w, None, 16)
+    assert calls == [1]
+    ops.resample_accumulate(feats, w, None, 16, impl="torch")  # an explicit impl wins over the variable
+    assert calls == [1]
+    monkeypatch.setenv(ops.ENV_IMPL, "fastest")
+    with pytest.raises(BadInput, match=ops.ENV_IMPL):
+        ops.resample_accumulate(feats, w, None, 16)
+
+
+def test_cuda_impl_on_cpu_tensors_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(ops_cuda, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    feats = _feats()
+    with pytest.raises(BadInput, match=r"impl='cuda' needs every tensor on a CUDA device, got cpu.*impl='auto'"):
+        ops.resample_accumulate(feats, torch.randn(3, 25, dtype=torch.float64), None, 16, impl="cuda")
+    with pytest.raises(BadInput, match="impl must be one of"):
+        ops.resample_accumulate(feats, torch.randn(3, 25, dtype=torch.float64), None, 16, impl="triton")
+    with pytest.raises(BadInput, match="activation must be one of"):
+        ops.resample_accumulate(feats, torch.randn(3, 25, dtype=torch.float64), None, 16, activation="gelu")
+
+
+def test_unavailable_reason_on_this_machine():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    assert "no CUDA device" in ops_cuda.unavailable_reason()
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        ops_cuda.load()
+    assert len(ops_cuda.source_digest()) == 12
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "lrelu"])
+def test_activation_and_projected_form(activation):
+    feats = _feats()
+    w, b = torch.randn(9, 25, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    for size in (8, 16, 64):  # 8: 16² and 32² maps are area-pooled before projecting
+        fused = ops.resample_accumulate(feats, w, b, size, activation=activation)
+        ref = ops.resample_accumulate_reference(feats, w, b, size, activation=activation)
+        torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-10)
+        maps = ops.project_by_resolution(feats, w, size)  # what the kernel reads
+        assert [m.shape[-1] for m in maps] == sorted({min(f.shape[-1], size) for f in feats})
+        assert all(m.is_contiguous() for m in maps)
+        torch.testing.assert_close(ops.resample_projected(maps, b, size, activation=activation), ref,
+                                   rtol=1e-10, atol=1e-10)
+    if activation == "lrelu":
+        torch.testing.assert_close(fused, torch.nn.functional.leaky_relu(
+            ops.resample_accumulate_reference(feats, w, b, 64), 0.2))
+
+
+def test_label_variant_torch_path():
+    feats = _feats()
+    w, b = torch.randn(7, 25, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    labels, conf = ops.resample_label(feats, w, b, 16)
+    logits = ops.resample_accumulate_reference(feats, w, b, 16)
+    assert labels.dtype == torch.uint8 and labels.shape == (2, 16, 16)
+    assert conf.dtype == torch.float32
+    assert torch.equal(labels.long(), logits.argmax(1))
+    torch.testing.assert_close(conf, logits.softmax(1).amax(1).float())
+    with pytest.raises(BadInput, match="at most 256 classes"):
+        ops.resample_label(feats, torch.randn(300, 25, dtype=torch.float64), None, 16)
+
+
+def test_nhwc_layout_only_on_cpu():
+    """Issue 9: the NHWC choice was measured on CPU; it must not leak onto other devices."""
+    src = (ROOT / "ganseg" / "ops.py").read_text()
+    assert 'feats[0].device.type == "cpu" and blocks[0].shape[0] >= 16' in src
+
+
+def test_kernel_sources_ship_with_the_package():
+    for name in ops_cuda.SOURCES + ops_cuda.HEADERS:
+        assert (CSRC / name).is_file(), name
+    text = (CSRC / "resample_accumulate.cu").read_text() + (CSRC / "resample_accumulate.cuh").read_text()
+    assert "torch" not in re.sub(r"//.*", "", text), "the kernel source must stay torch-free (plain CUDA C++)"
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU check script's CPU smoke mode (issue 13 runs the full mode on an H100/H200)
+
+def test_gpu_kernel_check_smoke(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_kernel_check.py"), "--smoke",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "gpu_kernel_check.json").read_text())
+    assert res["mode"] == "smoke"
+    parity = res["parity"]
+    assert parity and all(row["status"] in ("ok", "absent") for row in parity)
+    measured = [row for row in parity if row["status"] == "ok"]
+    assert measured and all(row["pass"] for row in measured), measured
+    if not torch.cuda.is_available():
+        cuda_rows = [row for row in parity + res["timings"] if row.get("impl") == "cuda"]
+        assert cuda_rows and all(row["status"] == "absent" and "no CUDA device" in row["reason"] for row in cuda_rows)
+    assert any(row["status"] == "ok" for row in res["timings"])
+    md = (tmp_path / "gpu_kernel_check.md").read_text()
+    assert "| impl |" in md.replace("impl ", "impl ") or "impl" in md
+
+
+# --------------------------------------------------------------------------------------------
+# On a GPU machine: the real kernel against the torch path
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["none", "lrelu"])
+def test_gpu_kernel_matches_torch(dtype, activation):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    feats = [torch.randn(2, c, r, r, device="cuda", generator=g) for r, c in ((4, 32), (8, 32), (16, 16), (32, 8), (64, 8))]
+    w = torch.randn(13, 96, device="cuda", generator=g) / 96**0.5
+    b = torch.randn(13, device="cuda", generator=g)
+    with torch.no_grad():
+        for size in (16, 32, 128):
+            ref = ops.resample_accumulate([f.double() for f in feats], w.double(), b.double(), size, activation=activation,
+                                          impl="torch")
+            out = ops.resample_accumulate([f.to(dtype) for f in feats], w.to(dtype), b.to(dtype), size,
+                                          activation=activation, impl="cuda")
+            assert out.dtype == dtype
+            err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+            assert err <= {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype], err
+            labels, conf = ops.resample_label([f.to(dtype) for f in feats], w.to(dtype), b.to(dtype), size, impl="cuda")
+            logits = ops.resample_accumulate([f.double() for f in feats], w.double(), b.double(), size, impl="torch")
+            assert (labels.long() == logits.argmax(1)).float().mean() > 0.99
+            torch.testing.assert_close(conf.double(), logits.softmax(1).amax(1), atol=3e-2, rtol=0)
+
+
+@cuda_only
+def test_gpu_auto_uses_kernel_without_grad_and_torch_with_grad():
+    feats = [torch.randn(1, 4, r, r, device="cuda") for r in (4, 8)]
+    w = torch.randn(3, 8, device="cuda", requires_grad=True)
+    with torch.no_grad():
+        assert ops.resolve_impl("auto", [*feats, w]) == "cuda"
+    assert ops.resolve_impl("auto", [*feats, w]) == "torch"
+    out = ops.resample_accumulate(feats, w, None, 16)
+    out.sum().backward()
+    assert w.grad is not None
+    with pytest.raises(BadInput, match="forward-only"):
+        ops.resample_accumulate(feats, w, None, 16, impl="cuda")

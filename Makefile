@@ -22,4 +22,18 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-.PHONY: venv demo test
+# NVIDIA's real perf_analyzer in a tool environment of its own (.venv-perf/): the tritonclient==2.40.0
+# wheel's binary + libcudart (PyPI) + Debian's libb64 (tools/perf_analyzer/install.sh says why)
+PERF_VENV := .venv-perf
+$(PERF_VENV)/bin/perf_analyzer: tools/perf_analyzer/install.sh
+	PY=$(PY) bash tools/perf_analyzer/install.sh $(PERF_VENV)
+	touch $@
+
+perf-analyzer: $(PERF_VENV)/bin/perf_analyzer
+
+# Latency/throughput/memory benchmarks (<= 15 min on 2 CPU cores; not part of `make test`):
+# writes benchmarks/results/<host>-<date>.{json,md}, -perf_analyzer.csv and plots (docs/benchmarks.md)
+bench: venv perf-analyzer
+	$(BIN)/python benchmarks/bench.py
+
+.PHONY: venv demo test perf-analyzer bench

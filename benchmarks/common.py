@@ -75,17 +75,28 @@ class Timing:
 
 
 def measure(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0,
-            max_repeats: int | None = None, items: int = 1, sync: Callable[[], None] | None = None) -> Timing:
+            max_repeats: int | None = None, max_seconds: float | None = None, items: int = 1,
+            sync: Callable[[], None] | None = None) -> Timing:
     """Time `fn()` after `warmup` burn-in calls: at least `repeats` calls and `min_seconds` of measuring
-    (capped at `max_repeats` calls), each call fenced by `sync()` so queued device work is counted."""
+    (capped at `max_repeats` calls), each call fenced by `sync()` so queued device work is counted.
+    `max_seconds` bounds a slow point: once that much time went into timed calls, stop after the
+    second sample (a median needs two) even if `repeats` is not reached."""
     sync = sync or (lambda: None)
     for _ in range(warmup):
         fn()
     sync()
     samples: list[float] = []
     start = time.perf_counter()
-    while len(samples) < repeats or (time.perf_counter() - start < min_seconds
-                                     and (max_repeats is None or len(samples) < max_repeats)):
+
+    def more() -> bool:
+        n, spent = len(samples), time.perf_counter() - start
+        if max_seconds is not None and n >= min(2, repeats) and spent >= max_seconds:
+            return False
+        if n < repeats:
+            return True
+        return spent < min_seconds and (max_repeats is None or n < max_repeats)
+
+    while more():
         t = time.perf_counter()
         fn()
         sync()

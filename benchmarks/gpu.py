@@ -224,8 +224,8 @@ def gpu_rows(unet=None, onnx_path: Path | None = None, device: str | None = None
 
         unet, _ = bench_unet()
     if quick:
-        return (ops_rows(sizes=(64,), gen_res=64, device=device, warmup=1, repeats=2, log=log)
-                + unet_rows(unet, onnx_path, sizes=(64,), batches=(1, 2), device=device, warmup=1, repeats=2, log=log))
+        return (ops_rows(sizes=(32,), gen_res=32, device=device, warmup=1, repeats=2, log=log)
+                + unet_rows(unet, onnx_path, sizes=(32,), batches=(1, 2), device=device, warmup=1, repeats=2, log=log))
     return ops_rows(device=device, log=log) + unet_rows(unet, onnx_path, device=device, log=log)
 
 

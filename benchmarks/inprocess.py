@@ -75,16 +75,27 @@ def _row(engine: str, batch: int, size: int, threads: int, timing, **extra) -> d
             "img_s": s["items_per_s"], "repeats": s["repeats"], "warmup": s["warmup"], **extra}
 
 
+def skipped(reason: str, **keys) -> dict:
+    """A row left out on purpose (to fit the time budget), with how to measure it."""
+    return {**keys, "status": "skipped", "reason": reason}
+
+
 def network_rows(unet, onnx_path: Path | None, *, sizes: list[int], batches=BATCHES, threads: int = 2,
                  engines=ENGINES, warmup: int = 2, repeats: int = 5, min_seconds: float = 0.5,
-                 log: Callable[[str], None] = print) -> list[dict]:
-    """Bare-network rows: float32 [B,3,S,S] in, logits out, per engine x size x batch."""
+                 compile_budget_s: float | None = None, max_seconds: float | None = 4.0,
+                 log: Callable[[str], None] = print, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Bare-network rows: float32 [B,3,S,S] in, logits out, per engine x size x batch.
+
+    torch.compile compiles with dynamic shapes (one graph for every batch > 1 and size; batch 1 is
+    specialized, as dynamo always does for size-1 dims); each first call's time is recorded as
+    `first_call_s`. Once `compile_budget_s` seconds went into first calls, the remaining
+    torch.compile rows are skipped (status "skipped", with the command that measures them)."""
     import torch
 
     torch.set_num_threads(threads)
     rows: list[dict] = []
     unet = unet.eval()
-    compiled, compile_error = None, None
+    compiled, compile_error, compile_spent = None, None, 0.0
     sess, ort_error = None, None
     if "onnxruntime" in engines:
         if onnx_path is None:
@@ -96,7 +107,12 @@ def network_rows(unet, onnx_path: Path | None, *, sizes: list[int], batches=BATC
                 ort_error = f"onnxruntime could not load {onnx_path}: {exc}"
     if "torch.compile" in engines:
         try:
-            compiled = torch.compile(unet)
+            import torch._dynamo
+
+            for name in ("recompile_limit", "cache_size_limit"):  # every shape of the grid may compile
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+            compiled = torch.compile(unet, dynamic=True)
         except Exception as exc:  # noqa: BLE001
             compile_error = f"torch.compile unavailable: {exc}"
     m = 2 ** unet.cfg.depth
@@ -116,11 +132,17 @@ def network_rows(unet, onnx_path: Path | None, *, sizes: list[int], batches=BATC
                     def fn(xc=xc):
                         with torch.inference_mode():
                             unet(xc)
-                    t = measure(fn, warmup=warmup, repeats=repeats, min_seconds=min_seconds, items=batch)
+                    t = measure(fn, warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds,
+                                items=batch)
                     rows.append(_row(engine, batch, size, threads, t))
                 elif engine == "torch.compile":
                     if compiled is None:
                         rows.append(absent(compile_error or "not requested", **keys))
+                        continue
+                    if compile_budget_s is not None and compile_spent > compile_budget_s:
+                        rows.append(skipped(f"compile budget of {compile_budget_s:.0f} s spent ({compile_spent:.0f} s "
+                                            f"on first calls); measure it with `python benchmarks/inprocess.py "
+                                            f"--engines torch.compile`", **keys))
                         continue
 
                     def fn(x=x):
@@ -135,7 +157,9 @@ def network_rows(unet, onnx_path: Path | None, *, sizes: list[int], batches=BATC
                         rows.append(absent(compile_error, **keys))
                         continue
                     first = time.perf_counter() - t0
-                    t = measure(fn, warmup=warmup, repeats=repeats, min_seconds=min_seconds, items=batch)
+                    compile_spent += first
+                    t = measure(fn, warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds,
+                                items=batch)
                     rows.append(_row(engine, batch, size, threads, t, first_call_s=first))
                 elif engine == "onnxruntime":
                     if sess is None:
@@ -143,13 +167,15 @@ def network_rows(unet, onnx_path: Path | None, *, sizes: list[int], batches=BATC
                         continue
                     xn = x.numpy()
                     t = measure(lambda xn=xn: sess.run(None, {"image": xn}), warmup=warmup, repeats=repeats,
-                                min_seconds=min_seconds, items=batch)
+                                min_seconds=min_seconds, max_seconds=max_seconds, items=batch)
                     rows.append(_row(engine, batch, size, threads, t))
                 else:
                     raise ValueError(f"unknown engine {engine!r}")
                 r = rows[-1]
                 log(f"  in-process {engine:13s} {size:4d}² batch {batch:2d}: {r['median_ms']:8.2f} ms  "
                     f"{r['img_s']:8.1f} img/s")
+                if on_row:
+                    on_row(rows)
     return rows
 
 
@@ -165,78 +191,148 @@ def sample_png(size: int = 256) -> bytes:
     return buf.getvalue()
 
 
-def pipeline_row(onnx_path: Path | None, png: bytes, *, threads: int = 2, warmup: int = 3, repeats: int = 20,
-                 min_seconds: float = 1.0) -> dict:
-    """The image-bytes path in-process (ONNX Runtime net), per stage; batch 1 like one served request."""
-    from PIL import Image
-
-    from ganseg.images import decode_rgb, resize_rgb
-
-    keys = dict(engine="onnxruntime pipeline (bytes -> PNG mask)", batch=1, threads=threads)
+def pipeline_rows(onnx_path: Path | None, png: bytes, *, batches=(1, 4, 8), threads: int = 2, warmup: int = 2,
+                  repeats: int = 5, min_seconds: float = 1.0, max_seconds: float | None = 4.0,
+                  log: Callable[[str], None] = print) -> list[dict]:
+    """The served image-bytes path in-process, per stage, with the server's own code
+    (ganseg.serving.transforms): decode each PNG, resize to the training size, normalize, one ONNX
+    Runtime run for the batch, argmax, labels back to each image's size, the overlay PNG (perf_analyzer
+    asks for every output, so the served figures include OVERLAY too)."""
+    engine = "onnxruntime pipeline (PNG bytes -> MASK + OVERLAY)"
     if onnx_path is None:
-        return absent("no ONNX file (ganseg.export.onnx_export unavailable)", **keys)
+        return [absent("no ONNX file (ganseg.export.onnx_export unavailable)", engine=engine, batch=b,
+                       threads=threads) for b in batches]
+    try:
+        from ganseg.serving import transforms as T
+    except ImportError as exc:
+        return [absent(f"ganseg.serving.transforms not importable ({exc})", engine=engine, batch=b,
+                       threads=threads) for b in batches]
     from ganseg.export.onnx_export import read_metadata
 
-    meta = read_metadata(onnx_path)
-    size, mult = int(meta["input_size"]), int(meta["size_multiple"])
+    spec = T.UNetSpec.from_metadata(read_metadata(onnx_path), str(onnx_path))
     sess = ort_session(onnx_path, threads)
-    stages = {"pre": [], "net": [], "post": []}
+    rows = []
+    for batch in batches:
+        items = np.array([png] * batch, dtype=object)
+        stages: dict[str, list[float]] = {"pre": [], "net": [], "post": []}
 
-    def once():
-        t0 = time.perf_counter()
-        img = decode_rgb(png)
-        x = resize_rgb(img, size)[None].astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
-        t1 = time.perf_counter()
-        logits = sess.run(None, {"image": np.ascontiguousarray(x)})[0]
-        t2 = time.perf_counter()
-        lab = logits[0].argmax(0).astype(np.uint8)
-        lab = np.asarray(Image.fromarray(lab).resize((img.shape[1], img.shape[0]), Image.Resampling.NEAREST))
-        buf = io.BytesIO()
-        Image.fromarray(lab).save(buf, format="PNG")
-        t3 = time.perf_counter()
-        for k, a, b in (("pre", t0, t1), ("net", t1, t2), ("post", t2, t3)):
-            stages[k].append(b - a)
+        def once(items=items, stages=stages):
+            t0 = time.perf_counter()
+            images = T.decode_items(items, "bench")
+            x = T.normalize(T.to_input_batch(images, spec.input_size))
+            t1 = time.perf_counter()
+            logits = sess.run([spec.output_name], {spec.input_name: x})[0]
+            t2 = time.perf_counter()
+            labels = T.labels_to_sizes(T.argmax_labels(logits), [im.shape[:2] for im in images])
+            for im, lab in zip(images, labels):
+                T.overlay_png(im, lab, spec.palette)
+            t3 = time.perf_counter()
+            for k, a, b in (("pre", t0, t1), ("net", t1, t2), ("post", t2, t3)):
+                stages[k].append(b - a)
 
-    t = measure(once, warmup=warmup, repeats=repeats, min_seconds=min_seconds)
-    for v in stages.values():
-        del v[:warmup]
-    med = {k: float(np.median(v)) * 1e3 for k, v in stages.items()}
-    total = sum(med.values())
-    row = _row(keys["engine"], 1, size, threads, t, stage_ms=med,
-               pre_post_share=(med["pre"] + med["post"]) / total if total else None,
-               input_bytes=len(png), multiple=mult)
-    return row
+        t = measure(once, warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds,
+                    items=batch)
+        med = {k: float(np.median(v[warmup:])) * 1e3 for k, v in stages.items()}
+        total = sum(med.values())
+        rows.append(_row(engine, batch, spec.input_size, threads, t, stage_ms=med,
+                         prepost_share=(med["pre"] + med["post"]) / total if total else None, input_bytes=len(png)))
+        r = rows[-1]
+        log(f"  in-process pipeline batch {batch:2d}: {r['median_ms']:8.2f} ms  {r['img_s']:8.1f} img/s  "
+            f"(pre {med['pre']:.1f} / net {med['net']:.1f} / post {med['post']:.1f} ms)")
+    return rows
 
 
 def table(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
-    lines = markdown_table(["engine", "size", "batch", "threads", "median ms", "p90 ms", "img/s"],
+    lines = markdown_table(["engine", "size", "batch", "threads", "median ms", "p90 ms", "img/s", "first call s"],
                            [[r["engine"], f"{r['size']}²", r["batch"], r["threads"], r["median_ms"], r["p90_ms"],
-                             r["img_s"]] for r in ok], numeric=[False, True, True, True, True, True, True], digits=2)
-    miss = [r for r in rows if r.get("status") == "absent"]
-    if miss:
-        reasons = sorted({(r["engine"], r["reason"]) for r in miss})
-        lines += "\nAbsent: " + "; ".join(f"{e}: {why}" for e, why in reasons) + "\n"
+                             r["img_s"], r.get("first_call_s")] for r in ok],
+                           numeric=[False, True, True, True, True, True, True, True], digits=2)
+    lines += ("\nmedian/p90 over the timed calls after warm-up; `first call s`: torch.compile's first call at that "
+              "shape (compilation, when one happened), never counted in the timings.\n")
+    for status in ("absent", "skipped"):
+        miss = [r for r in rows if r.get("status") == status]
+        if miss:
+            reasons = sorted({(r["engine"], r["reason"]) for r in miss})
+            lines += (f"\n{status.capitalize()} ({len(miss)} rows): "
+                      + "; ".join(f"{e}: {why}" for e, why in reasons) + "\n")
     return lines
 
 
+def compile_rows_in_child(unet_file: Path, *, sizes: list[int], batches, threads: int, budget_s: float,
+                          work: Path, warmup: int = 1, repeats: int = 3, log: Callable[[str], None] = print) -> list[dict]:
+    """torch.compile rows measured in a child process with a hard time limit (2 x budget): one slow
+    compile on a loaded machine can take minutes and cannot be interrupted in-process. Rows are
+    written as they are measured, so a child stopped at the limit still returns what it finished;
+    the rest are marked skipped with the reason."""
+    import json
+    import subprocess
+
+    out = work / "compile_rows.json"
+    cmd = [sys.executable, __file__, "--unet", str(unet_file), "--engines", "torch.compile",
+           "--sizes", ",".join(map(str, sizes)), "--batches", ",".join(map(str, batches)), "--threads", str(threads),
+           "--compile-budget-s", str(budget_s), "--repeats", str(repeats), "--warmup", str(warmup),
+           "--rows-json", str(out)]
+    import signal
+
+    limit = 2 * budget_s
+    # own process group: stopping it at the limit also ends inductor's compile workers
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=limit)
+        for line in stdout.splitlines():
+            if "in-process" in line:
+                log(line)
+        failed = p.returncode != 0 and (stderr.strip().splitlines() or ["?"])[-1][:200]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        failed = None
+        log(f"  torch.compile child stopped after {limit:.0f} s")
+    rows = json.loads(out.read_text()) if out.is_file() else []
+    done = {(r["size"], r["batch"]) for r in rows}
+    for size in sizes:
+        for batch in batches:
+            if (size, batch) not in done:
+                why = (f"torch.compile child failed: {failed}" if failed else
+                       f"compiling did not finish within {limit:.0f} s on this machine; measure it with "
+                       f"`python benchmarks/inprocess.py --engines torch.compile`")
+                rows.append(skipped(why, engine="torch.compile", batch=batch, size=size, threads=threads))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ganseg.serving.repository import ServingConfig
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--unet", default=None, help="UNet run folder or file (default: the bundled one)")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--threads", type=int, default=ServingConfig().ort_threads,
+                    help="torch / ONNX Runtime threads (default: the served ganseg_unet's ORT threads)")
     ap.add_argument("--sizes", default="", help="comma list (default: training size, 256, 512)")
     ap.add_argument("--batches", default="1,4,8,16")
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--compile-budget-s", type=float, default=None)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rows-json", default=None, help="only measure the network rows; write them here as they come")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     unet, about = bench_unet(args.unet)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else \
         sorted({int(unet.meta.get("resolution", 64)), 256, 512})
+    batches = [int(b) for b in args.batches.split(",")]
+    engines = args.engines.split(",")
+    if args.rows_json:
+        rows = network_rows(unet, None, sizes=sizes, batches=batches, threads=args.threads, engines=engines,
+                            warmup=args.warmup, repeats=args.repeats, compile_budget_s=args.compile_budget_s,
+                            on_row=lambda rs: write_json(args.rows_json, rs))
+        write_json(args.rows_json, rows)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_for_bench(unet, Path(tmp))
-        rows = network_rows(unet, onnx_path, sizes=sizes, batches=[int(b) for b in args.batches.split(",")],
-                            threads=args.threads, engines=args.engines.split(","))
-        rows.append(pipeline_row(onnx_path, sample_png(), threads=args.threads))
+        rows = network_rows(unet, onnx_path, sizes=sizes, batches=batches, threads=args.threads, engines=engines,
+                            warmup=args.warmup, repeats=args.repeats, compile_budget_s=args.compile_budget_s)
+        rows += pipeline_rows(onnx_path, sample_png(), threads=args.threads)
     env = environment()
     out = Path(args.out)
     write_json(out / "inprocess.json", {"environment": env, "unet": about, "rows": rows})

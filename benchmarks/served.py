@@ -304,7 +304,8 @@ def _run_point(pt: Point, server, inputs: dict[str, Path], settings: PerfSetting
     parsed = parse_csv(text)
     if not parsed:
         return absent("perf_analyzer wrote no measurement", **pt.key), text
-    row = {**pt.key, "status": "ok", **parsed[-1], "img_per_s": parsed[-1]["infer_per_s"] * pt.batch,
+    # perf_analyzer's infer/s already counts every image of a batch-B request (B inferences)
+    row = {**pt.key, "status": "ok", **parsed[-1], "img_per_s": parsed[-1]["infer_per_s"],
            "requests_measured": request_count(r.stdout), "wall_s": wall}
     delta = stats_delta(before, after)
     row["server_stats"] = delta

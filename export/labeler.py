@@ -46,7 +46,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ganseg.errors import UserError
-from ganseg.export.onnx_ops import check_model, check_writable, palette_for, save_model, set_metadata, sha256_file
+from ganseg.export.onnx_ops import (check_model, check_writable, fold_constants, palette_for, save_model, set_metadata,
+                                    sha256_file)
 
 LABELER_FORMAT = "ganseg.labeler.onnx/1"
 PLUGIN_OP = "GansegResampleAccumulate"
@@ -228,9 +229,15 @@ def to_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
         new_nodes.append(n)
     del g.node[:]
     g.node.extend(new_nodes)
-    keep_vi = [v for v in g.value_info if not v.name.startswith(BLOCK_PREFIX)]
+    outs = {d["output"] for d in blocks.values()}
+    keep_vi = [v for v in g.value_info if not v.name.startswith(BLOCK_PREFIX) and v.name not in outs]
     del g.value_info[:]
     g.value_info.extend(keep_vi)
+    widths = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 1}
+    for d in blocks.values():  # the plugin's output shape, for shape inference past the custom node
+        if d["bias"] in widths:
+            g.value_info.append(helper.make_tensor_value_info(
+                d["output"], TensorProto.FLOAT, ["N", widths[d["bias"]], d["size"], d["size"]]))
     _remove_unused_initializers(g)
     _set_domain(model, True)
     return model
@@ -326,7 +333,7 @@ def export_generator_front(G, layers: Sequence[int], truncation: float = 1.0, no
         prog = torch.onnx.export(front, (z,), None, input_names=["z"], output_names=names, opset_version=opset,
                                  dynamic_shapes={"z": {0: torch.export.Dim("N", min=1, max=4096)}},
                                  dynamo=True, optimize=True, verbose=False)
-    model = prog.model_proto
+    model = fold_constants(prog.model_proto)
     del model.metadata_props[:]
     for v in model.graph.input:
         v.type.tensor_type.shape.dim[0].dim_param = "N"
@@ -425,6 +432,11 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
     joints = {"z", "image"} | {f"feat_{i}" for i in layers} | {f"head{h}/fused" for h in range(len(heads))} | \
         {"labels", "confidence"}
     gf, gb = _prefixed(front, "G/", joints), _prefixed(back, "H/", joints)
+    resize_image = G.resolution != size  # a head may label at another size: images follow the labels
+    if resize_image:
+        for nd in gf.node:
+            nd.output[:] = ["image_generated" if o == "image" else o for o in nd.output]
+            nd.input[:] = ["image_generated" if i == "image" else i for i in nd.input]
     nodes = list(gf.node)
     inits = list(gf.initializer)
     for hi, h in enumerate(heads):
@@ -455,18 +467,14 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
             n, i = fused_block_nodes(maps, bias, out, size, act, h.cfg.align_corners, hi)
             nodes += n
             inits += i
-    image_out = "image"
-    if G.resolution != size:  # a head may label at another resolution: images follow the labels
+    if resize_image:
         n, i = resize_nodes("image_generated", G.resolution, size, "image", "image_resize")
-        for nd in nodes:
-            nd.output[:] = ["image_generated" if o == "image" else o for o in nd.output]
-            nd.input[:] = ["image_generated" if s == "image" else s for s in nd.input]
         nodes += n
         inits += i
     nodes += list(gb.node)
     inits += list(gb.initializer)
     lab_t = TensorProto.UINT8 if labels_dtype == "uint8" else TensorProto.INT64
-    outputs = [helper.make_tensor_value_info(image_out, TensorProto.FLOAT, ["N", G.img_channels, size, size]),
+    outputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", G.img_channels, size, size]),
                helper.make_tensor_value_info("labels", lab_t, ["N", size, size]),
                helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["N", size, size])]
     graph = helper.make_graph(nodes, "ganseg_labeler",
@@ -614,7 +622,8 @@ def run_labeler_cli(args) -> int:
     if not args.no_verify:
         z = z_from_seeds(list(range(4)), G.z_dim).numpy()
         r = labeler_parity(out, G, head, z, args.truncation)
-        print(f"ONNX Runtime vs PyTorch on 4 latents{' (plugin node replaced by standard ops)' if args.plugin else ''}: "
+        how = " (plugin node replaced by standard ops)" if args.plugin else ""
+        print(f"ONNX Runtime vs PyTorch on 4 latents{how}: "
               f"image max |diff| {r['image_max_abs_err']:.2e}, labels agree {100 * r['labels_agreement']:.3f} %, "
               f"confidence max |diff| {r['confidence_max_abs_err']:.2e}")
     return 0

@@ -250,7 +250,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="UNet: QDQ INT8 via ONNX Runtime static quantization, calibrated on rendered faces")
     p.add_argument("--calib", type=int, default=64, help="--int8: rendered train-split images to calibrate on")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset (>= 17; the labeler uses at least 18, the dynamo exporter's)")
     p.add_argument("--ckpt", default=None, help="--labeler: generator .pt/.pkl/.safetensors (default: bundled)")
     p.add_argument("--head", default=None, help="--labeler: head file from `ganseg train-head`")
     p.add_argument("--plugin", action="store_true",

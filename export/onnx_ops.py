@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import onnx
 
 from ganseg.errors import UserError
@@ -150,3 +151,52 @@ def palette_for(num_classes: int) -> list[list[int]]:
 
 def opset_of(model: onnx.ModelProto, domain: str = "") -> int:
     return next((o.version for o in model.opset_import if (o.domain or "") == domain), 0)
+
+
+# ops whose value depends only on their inputs (no randomness, no shape-only trickery needed)
+_FOLDABLE = frozenset({"Mul", "Div", "Add", "Sub", "Transpose", "Reshape", "Sqrt", "Reciprocal", "Pow", "Neg",
+                       "Cast", "Unsqueeze", "Squeeze", "Identity", "Flip", "Tile", "Expand", "Concat", "Slice",
+                       "ReduceSum", "ReduceMean"})
+
+
+def fold_constants(model: onnx.ModelProto, max_elements: int = 64 * 1024 * 1024) -> onnx.ModelProto:
+    """Evaluate nodes whose inputs are all initializers and store their outputs as initializers.
+
+    Why: exporters leave weight arithmetic (e.g. StyleGAN's `weight * gain`, transposed weights for
+    ConvTranspose) in the graph when the tensors are large. Folded, every Conv weight is an
+    initializer, which TensorRT needs to pick tactics and to convert weights to FP16/INT8, and
+    nothing is recomputed per inference. Values are unchanged (evaluated by onnx's reference runtime).
+    The original initializers are dropped when nothing else uses them.
+    """
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    opset = opset_of(model)
+    consts = {t.name: t for t in g.initializer}
+    graph_outputs = {o.name for o in g.output}
+    keep: list[onnx.NodeProto] = []
+    for n in g.node:
+        ins = [i for i in n.input if i]
+        if (n.op_type in _FOLDABLE and (n.domain or "") == "" and ins and all(i in consts for i in ins)
+                and not any(o in graph_outputs for o in n.output)
+                and sum(int(np.prod(consts[i].dims)) for i in ins) <= max_elements):
+            sub = helper.make_graph([n], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in n.output],
+                                    initializer=[consts[i] for i in dict.fromkeys(ins)])
+            sm = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
+            values = ReferenceEvaluator(sm).run(None, {})
+            for o, v in zip(n.output, values):
+                t = numpy_helper.from_array(np.asarray(v), o)
+                consts[o] = t
+                g.initializer.append(t)
+            continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in g.node for i in n.input} | graph_outputs
+    for f in model.functions:
+        used |= {i for n in f.node for i in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return model

@@ -5,6 +5,9 @@ Why QDQ (QuantizeLinear/DequantizeLinear pairs around float ops) rather than QOp
 kernels on CPU, and TensorRT reads them as explicit INT8 (it needs no calibration cache then).
 TensorRT only takes zero points of 0, so activations and weights are quantized *symmetric* int8
 (the ORT default, asymmetric uint8 activations, would not parse). Weights are per output channel.
+Weights use 7 of the 8 bits (`reduce_range`): on x86 CPUs without VNNI, ONNX Runtime's int8 GEMM
+(VPMADDUBSW) saturates pairs of 8-bit products, which for a UNet's classifier conv gave logit errors
+of ~3 (of a range of 4) in our tests; with 7-bit weights the int16 sums cannot overflow.
 Only convolutions are quantized: Q/DQ pairs around MaxPool/Resize/Concat cost more than they save
 in ONNX Runtime on CPU (measured: ~1.3x instead of ~1.55x speed-up for the 64 px UNet on a 2-core
 AVX2 machine), and TensorRT propagates int8 through those ops by itself.
@@ -15,6 +18,7 @@ is measured (see docs/export.md and `int8_report`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -84,17 +88,24 @@ def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None
         exclude = [final_conv_name(model)] if exclude_final else []
         reader = RenderedFaces(calib_images, meta["input_size"])
         t0 = time.perf_counter()
-        q.quantize_static(str(fp32), str(Path(tmp) / "int8.onnx"), reader, quant_format=q.QuantFormat.QDQ,
-                          per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                          op_types_to_quantize=["Conv"],
-                          nodes_to_exclude=exclude, calibrate_method=methods[calibrate],
-                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its "consider pre-processing" advice: the graph is already tidy
+        try:
+            q.quantize_static(str(fp32), str(Path(tmp) / "int8.onnx"), reader, quant_format=q.QuantFormat.QDQ,
+                              per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              op_types_to_quantize=["Conv"], reduce_range=True,
+                              nodes_to_exclude=exclude, calibrate_method=methods[calibrate],
+                              extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        finally:
+            root.setLevel(level)
         seconds = time.perf_counter() - t0
         qmodel = onnx.load(str(Path(tmp) / "int8.onnx"))
     meta.update(precision="int8", quantization={
         "format": "QDQ", "ops": ["Conv"], "activations": "int8 symmetric (zero point 0, per tensor)",
-        "weights": "int8 symmetric, per output channel", "calibration": f"{calibrate} on {calib_images} rendered "
-        f"train-split faces at {meta['input_size']}px", "excluded_nodes": exclude, "seconds": round(seconds, 1)})
+        "weights": "int8 symmetric (7-bit range), per output channel",
+        "calibration": f"{calibrate} on {calib_images} rendered train-split faces at {meta['input_size']}px",
+        "excluded_nodes": exclude, "seconds": round(seconds, 1)})
     del qmodel.metadata_props[:]
     set_metadata(qmodel, meta)
     qmodel.doc_string = model.doc_string.replace("(fp32)", "(int8 QDQ)")
@@ -105,25 +116,31 @@ def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None
 # --------------------------------------------------------------------------------------------
 # Measurement: speed and mIoU of fp32 vs int8 in ONNX Runtime (CPU)
 
-def ort_latency(path: str | os.PathLike, x: np.ndarray, threads: int = 2, warmup: int = 3,
-                runs: int = 15) -> float:
-    """Median seconds per run of one batch `x` (after warm-up), ORT CPU with `threads` threads."""
+def ort_latencies(paths: list[str | os.PathLike], x: np.ndarray, threads: int = 2, warmup: int = 3,
+                  runs: int = 15) -> list[float]:
+    """Median seconds per run of one batch `x` for each model, ORT CPU with `threads` threads.
+
+    The models run in alternation (after warm-up), so load from other processes on a shared machine
+    hits them alike and their ratio stays meaningful even when the absolute times drift.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
+    sessions = [ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in paths]
+    name = sessions[0].get_inputs()[0].name
+    for s in sessions:
+        for _ in range(warmup):
+            s.run(None, {name: x})
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        for s, t in zip(sessions, times):
+            t0 = time.perf_counter()
+            s.run(None, {name: x})
+            t.append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
 
 
 def onnx_miou(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch: int = 8) -> float:
@@ -144,7 +161,7 @@ def onnx_miou(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, b
 
 
 def int8_report(fp32: str | os.PathLike, int8: str | os.PathLike, n_test: int = 200, threads: int = 2,
-                batch: int = 8, runs: int = 15) -> dict:
+                batch: int = 8, runs: int = 20) -> dict:
     """Speed-up (median latency, batch `batch` at input_size) and mIoU change on rendered test faces."""
     from ganseg.faces import render_faces, split_seeds
     from ganseg.images import from_uint8
@@ -152,10 +169,31 @@ def int8_report(fp32: str | os.PathLike, int8: str | os.PathLike, n_test: int = 
     size = read_metadata(fp32)["input_size"]
     images, labels = render_faces(split_seeds("test", n_test), resolution=size)
     x = from_uint8(images[:batch]).numpy()
-    t32 = ort_latency(fp32, x, threads, runs=runs)
-    t8 = ort_latency(int8, x, threads, runs=runs)
+    t32, t8 = ort_latencies([fp32, int8], x, threads, runs=runs)
     m32, m8 = onnx_miou(fp32, images, labels), onnx_miou(int8, images, labels)
     return {"fp32_ms": 1e3 * t32, "int8_ms": 1e3 * t8, "speedup": t32 / t8, "miou_fp32": 100 * m32,
             "miou_int8": 100 * m8, "miou_change_points": 100 * (m8 - m32), "n_test": n_test, "batch": batch,
             "threads": threads, "input_size": size,
             "fp32_mb": Path(fp32).stat().st_size / 1e6, "int8_mb": Path(int8).stat().st_size / 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m ganseg.export.quantize FP32.onnx INT8.onnx: the speed-up / mIoU report as JSON."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m ganseg.export.quantize", description=main.__doc__)
+    p.add_argument("fp32")
+    p.add_argument("int8")
+    p.add_argument("--n-test", type=int, default=200, help="rendered test-split faces for the mIoU")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--runs", type=int, default=20, help="timed runs per model (alternating, after warm-up)")
+    a = p.parse_args(argv)
+    r = int8_report(a.fp32, a.int8, a.n_test, a.threads, a.batch, a.runs)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

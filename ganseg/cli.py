@@ -38,15 +38,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _shows_default(action: argparse.Action) -> bool:
+    return not (action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                or action.required or "%(default)" in (action.help or "")
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)))
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default; options without a meaningful default say nothing."""
+    """Shows every option's default (options without a meaningful default say nothing)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if (action.default in (None, False, argparse.SUPPRESS) or action.required or "%(default)" in text
-                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
-            return action.help
-        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return f"{action.help} (default: %(default)s)" if action.help and _shows_default(action) else action.help
+
+
+def _help_for_defaults(p: argparse.ArgumentParser) -> None:
+    """argparse prints no help line at all for an option without help text: give those one showing
+    their default, so `--batch BATCH (default: 8)` appears too."""
+    for action in p._actions:
+        if not action.help and _shows_default(action):
+            action.help = "(default: %(default)s)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +133,7 @@ def add_commands(parser: argparse.ArgumentParser, table: dict[str, tuple[str, st
             mod.add_arguments(p, argv[argv.index(name) + 1:])
         else:
             mod.add_arguments(p)
+        _help_for_defaults(p)
 
 
 def run_module(args: argparse.Namespace, module_dest: str = "_module") -> int:
@@ -142,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ganseg {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ganseg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

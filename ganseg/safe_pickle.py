@@ -46,6 +46,8 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
+from ganseg.errors import UserError
+
 try:  # numpy >= 2 spells its private modules numpy._core
     from numpy._core import multiarray as _np_multiarray
     from numpy._core import numeric as _np_numeric
@@ -68,7 +70,7 @@ __all__ = [
 # Errors
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(UserError, ValueError):
     """The pickle references a global that is not on the allowlist (loading it could run code).
 
     ``global_name`` is the offending ``module.name`` (None when the refusal is not about one
@@ -81,7 +83,7 @@ class UnsafePickleError(ValueError):
         self.source = source
 
 
-class PickleFormatError(ValueError):
+class PickleFormatError(UserError, ValueError):
     """The file is not a readable network pickle (truncated, corrupt, or another format)."""
 
 

@@ -96,7 +96,7 @@ def segment_images_invert(G, head, paths: list[str], invert_steps: int = 200, ba
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganseg.labels import PALETTE, save_label_png
+    from ganseg.labels import palette_for, save_label_png
     from ganseg.paths import check_out_dir, output_names
 
     method = args.method or ("unet" if args.unet else "invert")
@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         images, labels, inv = segment_images_invert(G, head, args.images, args.invert_steps, args.batch, D,
                                                     f"--head {args.head}")
         summary = f"segmented {len(labels)} image(s) (mean inversion PSNR {float(inv.psnr.mean()):.2f} dB)"
-    shown = [overlay(im[None], lab[None], PALETTE)[0] for im, lab in zip(images, labels)]
+    palette = palette_for(max(10, 1 + max(int(lab.max()) for lab in labels)))  # any class count
+    shown = [overlay(im[None], lab[None], palette)[0] for im, lab in zip(images, labels)]
     thumbs = np.stack([np.asarray(Image.fromarray(s).resize((128, 128))) for s in shown])
     for path, name, lab, ov in zip(args.images, names, labels, shown):
         if name != Path(path).stem:

@@ -38,8 +38,9 @@ def sample_png(res: int = 128) -> bytes:
     return buf.getvalue()
 
 
-def random_default_unet(folder: Path) -> Path:
-    """A randomly initialized UNet with the default training architecture (same cost as trained)."""
+def random_default_unet(folder: Path, tiny: bool = False) -> Path:
+    """A randomly initialized UNet with the default training architecture (same cost as trained),
+    or a tiny one (width 8, depth 3)."""
     import torch
 
     from ganseg.labels import CLASS_NAMES
@@ -48,26 +49,41 @@ def random_default_unet(folder: Path) -> Path:
 
     t = UNetTrainConfig()
     torch.manual_seed(0)
-    unet = UNet(UNetConfig(num_classes=len(CLASS_NAMES), width=t.width, depth=t.depth)).eval()
+    width, depth = (8, 3) if tiny else (t.width, t.depth)
+    unet = UNet(UNetConfig(num_classes=len(CLASS_NAMES), width=width, depth=depth)).eval()
     path = folder / "unet.safetensors"
     save_unet(unet, path, list(CLASS_NAMES), extra={"resolution": 64})
     return path
 
 
 def measure(repo: Path, models: list[str], data: bytes, requests: int, protocols=("http", "grpc"),
-            concurrencies=(1, 8)) -> list[dict]:
+            concurrencies=(1, 8), rounds: int = 4) -> list[dict]:
+    """Rows of p50/p99/img/s per (model, protocol, concurrency). The models are measured in
+    alternating rounds (A B A B ...) so that a shared machine's load drifts hit them alike; the
+    latencies of all rounds are pooled, img/s is over the summed wall time."""
+    from ganseg.serving.client import summarize
+
     rows = []
     with TritonServer(repo) as server:
-        for model in models:
-            for protocol in protocols:
-                url = server.http_url if protocol == "http" else server.grpc_url
-                for c in concurrencies:
-                    n = requests if c > 1 else max(50, requests // 2)
-                    r = latency_run(url, protocol, model, data, concurrency=c, requests=n, warmup=4 * c)
-                    row = {"model": model, "protocol": protocol, "concurrency": c, **r}
-                    rows.append(row)
-                    print(f"| {model} | {protocol} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                          f"{r['img_per_s']:.1f} | {r['errors']} |", flush=True)
+        for protocol in protocols:
+            url = server.http_url if protocol == "http" else server.grpc_url
+            for c in concurrencies:
+                n = requests if c > 1 else max(32, requests // 2)
+                pooled = {m: {"lat": [], "wall": 0.0, "errors": 0} for m in models}
+                for m in models:  # warm-up (connections, first batches)
+                    latency_run(url, protocol, m, data, concurrency=c, requests=2 * c, warmup=0)
+                for _ in range(rounds):
+                    for m in models:
+                        r = latency_run(url, protocol, m, data, concurrency=c, requests=max(c, n // rounds),
+                                        warmup=0, keep_latencies=True)
+                        pooled[m]["lat"] += r["latencies_s"]
+                        pooled[m]["wall"] += r["wall_s"]
+                        pooled[m]["errors"] += r["errors"]
+                for m in models:
+                    r = summarize(pooled[m]["lat"], pooled[m]["wall"])
+                    rows.append({"model": m, "protocol": protocol, "concurrency": c, **r, "errors": pooled[m]["errors"]})
+                    print(f"| {m} | {protocol} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                          f"{r['img_per_s']:.1f} | {pooled[m]['errors']} |", flush=True)
     return rows
 
 
@@ -75,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--unet", default=None, help="UNet run folder / .safetensors (default: bundled default)")
     p.add_argument("--random", action="store_true", help="a random UNet of the default architecture")
+    p.add_argument("--tiny", action="store_true",
+                   help="a tiny random UNet (width 8, depth 3): shows the serving overhead, not the net")
     p.add_argument("--requests", type=int, default=200, help="timed requests per row at concurrency > 1")
     p.add_argument("--sweep", action="store_true", help="also sweep the batching knobs (BLS, gRPC)")
     p.add_argument("--no-table", action="store_true", help="skip the ensemble-vs-BLS table (with --sweep)")
     p.add_argument("--out", default="runs/serving_bench.json")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="ganseg-bench-"))
-    unet = random_default_unet(tmp) if args.random else args.unet
+    unet = random_default_unet(tmp, tiny=args.tiny) if (args.random or args.tiny) else args.unet
     data = sample_png()
     onnx = tmp / "unet.onnx"
     from ganseg.export.onnx_export import export_unet
@@ -95,18 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         repo = build_repository(tmp / "repo", onnx=onnx, pipeline="both")
         result["rows"] = measure(repo, ["ganseg_segment", "ganseg_segment_ensemble"], data, args.requests)
     if args.sweep:
-        variants = {
+        variants = {  # defaults: ort_threads 1, queue delay 500 us, preferred [4, 8]
             "defaults": ServingConfig(),
             "queue delay 0 us": ServingConfig(queue_delay_us=0),
+            "queue delay 2000 us": ServingConfig(queue_delay_us=2000),
             "queue delay 5000 us": ServingConfig(queue_delay_us=5000),
-            "ort_threads 1": ServingConfig(ort_threads=1),
-            "ort_threads 1, 2 UNet instances": ServingConfig(unet_instances=2, ort_threads=1),
+            "no preferred sizes": ServingConfig(preferred_batch=[]),
+            "preferred [8]": ServingConfig(preferred_batch=[8]),
+            "ort_threads 2": ServingConfig(ort_threads=2),
+            "2 UNet instances": ServingConfig(unet_instances=2),
             "2 entry instances": ServingConfig(instances=2),
         }
         for name, cfg in variants.items():
             repo = build_repository(tmp / "sweep", onnx=onnx, pipeline="bls", cfg=cfg)
             print(f"-- {name}")
-            rows = measure(repo, ["ganseg_segment"], data, args.requests, protocols=("grpc",), concurrencies=(1, 8))
+            rows = measure(repo, ["ganseg_segment"], data, args.requests, protocols=("grpc",), concurrencies=(1, 8),
+                           rounds=1)
             result["sweep"] += [{"variant": name, **r} for r in rows]
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     write_atomic(args.out, (json.dumps(result, indent=1) + "\n").encode())

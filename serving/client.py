@@ -184,7 +184,7 @@ def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
 
 
 def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, concurrency: int,
-                requests: int, warmup: int = 10, overlay: bool = False) -> dict[str, float]:
+                requests: int, warmup: int = 10, overlay: bool = False, keep_latencies: bool = False) -> dict:
     """Closed-loop load: `concurrency` threads each sending batch-1 requests back to back until
     `requests` are done; p50/p99 latency (ms) and img/s over the timed part."""
     connect(url, protocol, model)
@@ -224,6 +224,9 @@ def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, c
     wall = time.perf_counter() - (state["t0"] or time.perf_counter())
     out = summarize(state["lat"], wall)
     out["errors"] = state["errors"]
+    out["wall_s"] = wall
+    if keep_latencies:
+        out["latencies_s"] = list(state["lat"])
     return out
 
 

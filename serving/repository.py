@@ -55,7 +55,7 @@ class ServingConfig:
     max_batch: int = 8              # images per execution of the entry models (and per request)
     unet_max_batch: int = 16        # images per ONNX Runtime run
     preferred_batch: list[int] = field(default_factory=lambda: [4, 8])
-    queue_delay_us: int = 2000      # how long the dynamic batcher waits to fill a batch
+    queue_delay_us: int = 500       # how long the dynamic batcher waits to fill a batch
     unet_queue_delay_us: int = 0    # ganseg_unet's batcher (BLS already hands it whole batches)
     instances: int = 1              # instances of each Python entry/pre/post model
     unet_instances: int = 1         # instances of ganseg_unet (each a process with its own ORT session)

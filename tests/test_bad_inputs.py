@@ -496,7 +496,7 @@ def test_folder_as_checkpoint(tiny, tmp_path, capsys):
 def test_sigterm_on_synthesize_says_where_and_resumes(tiny, tmp_path):
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "ganseg.cli", "synthesize", "--ckpt", str(tiny["g"]), "--head", str(tiny["head"]),
-           "--n", "400", "--shard-size", "4", "--batch", "4", "--threads", "1", "--out", str(out)]
+           "--n", "160", "--shard-size", "4", "--batch", "4", "--threads", "1", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 60
@@ -510,10 +510,10 @@ def test_sigterm_on_synthesize_says_where_and_resumes(tiny, tmp_path):
     from ganseg.synthesize import read_manifest
 
     done = len(read_manifest(out)["shards"])
-    assert 0 < done < 100
+    assert 0 < done < 40
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert len(read_manifest(out)["shards"]) == 100
+    assert len(read_manifest(out)["shards"]) == 40
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,8 +541,8 @@ def test_help_is_fast_and_shows_defaults(capsys):
     assert "segment" in r.stdout and "TARGET" in r.stdout
     with pytest.raises(SystemExit):
         cli("sample", "--help")
-    out = capsys.readouterr().out
-    assert "(default: 0-15)" in out and "(default: 8)" in out
+    out = " ".join(capsys.readouterr().out.split())  # independent of the terminal width
+    assert "(default: 0-15)" in out and "--batch BATCH (default: 8)" in out and "(default: cpu)" in out
 
 
 @pytest.mark.parametrize("module", ["ganseg.segment", "ganseg.unet"])

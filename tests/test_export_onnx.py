@@ -82,7 +82,7 @@ def exported(unet_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_faces():
+def held_out_faces():
     images, labels = render_faces(split_seeds("test", 6), resolution=64)
     return images, labels
 
@@ -108,13 +108,14 @@ def test_unet_contract_metadata_and_io(exported, unet_run):
     onnx.checker.check_model(m, full_check=True)
     (inp,), (out,) = m.graph.input, m.graph.output
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
-    assert (inp.name, inp.type.tensor_type.elem_type, dims(inp)) == ("image", onnx.TensorProto.FLOAT, ["N", 3, "H", "W"])
+    assert (inp.name, inp.type.tensor_type.elem_type, dims(inp)) == ("image", onnx.TensorProto.FLOAT,
+                                                                     ["N", 3, "H", "W"])
     assert (out.name, out.type.tensor_type.elem_type, dims(out)) == ("logits", onnx.TensorProto.FLOAT,
                                                                       ["N", 10, "H", "W"])
 
 
-def test_unet_fp32_parity_on_rendered_test_faces(exported, unet_run, test_faces):
-    r = unet_parity(exported["fp32"], _load(unet_run), test_faces[0])
+def test_unet_fp32_parity_on_rendered_test_faces(exported, unet_run, held_out_faces):
+    r = unet_parity(exported["fp32"], _load(unet_run), held_out_faces[0])
     assert r["max_abs_err"] <= 1e-4, r
     assert r["argmax_agreement"] >= 0.9999, r
     assert r["logit_range"] > 1.0  # the check compares real, spread-out logits
@@ -134,7 +135,7 @@ def test_unet_dynamic_batch_and_size(exported, unet_run, n, h, w):
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9999
 
 
-def test_unet_fp16_keeps_float32_io_and_is_close(exported, unet_run, test_faces):
+def test_unet_fp16_keeps_float32_io_and_is_close(exported, unet_run, held_out_faces):
     path = exported["fp16"]
     m = onnx.load(str(path))
     assert read_metadata(path)["precision"] == "fp16"
@@ -143,7 +144,7 @@ def test_unet_fp16_keeps_float32_io_and_is_close(exported, unet_run, test_faces)
     conv_w = [i for i in m.graph.initializer if i.dims and len(i.dims) == 4]
     assert conv_w and all(i.data_type == onnx.TensorProto.FLOAT16 for i in conv_w)
     assert path.stat().st_size < 0.6 * exported["fp32"].stat().st_size
-    r = unet_parity(path, _load(unet_run), test_faces[0])
+    r = unet_parity(path, _load(unet_run), held_out_faces[0])
     # half precision: ~3 significant digits on logits of magnitude r["logit_range"]
     assert r["max_abs_err"] <= 2e-3 * max(1.0, r["logit_range"]), r
     assert r["argmax_agreement"] >= 0.999, r
@@ -217,6 +218,9 @@ def test_cli_unet_export(tmp_path, unet_run, capsys):
     assert "argmax agreement" in text and str(out) in text
     with pytest.raises(UserError, match="--labeler"):
         _cli(["onnx", "--unet", str(unet_run), "--head", "h.safetensors", "--out", str(out)])
+    q8 = tmp_path / "int8.onnx"
+    assert _cli(["onnx", "--unet", str(unet_run), "--int8", "--calib", "8", "--out", str(q8)]) == 0
+    assert read_metadata(q8)["precision"] == "int8"
 
 
 def test_cli_default_unet(tmp_path):
@@ -374,6 +378,7 @@ def test_plugin_node_spec_and_roundtrip(tiny_g, latents, tmp_path):
         np.testing.assert_array_equal(x, y)
     again = L.to_plugin(std)
     assert [n.op_type for n in again.graph.node] == [n.op_type for n in plug.graph.node]
+    assert _dims(again, "head0/fused") == _dims(plug, "head0/fused") == ["N", 128, 16, 16]
     r = L.labeler_parity(plug, tiny_g, head, latents, truncation=PSI)  # (replaces the plugin node by standard ops)
     assert r["image_max_abs_err"] <= 1e-4 and r["labels_agreement"] >= 0.999, r
 
@@ -384,8 +389,9 @@ def test_resize_nodes_match_ganseg_ops_resize(r, size):
 
     x = torch.randn(2, 3, r, r)
     nodes, inits = L.resize_nodes("x", r, size, "y", "t")
-    g = onnx.helper.make_graph(nodes, "t", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, r, r])],
-                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3, size, size])], initializer=inits)
+    vi = onnx.helper.make_tensor_value_info
+    g = onnx.helper.make_graph(nodes, "t", [vi("x", onnx.TensorProto.FLOAT, [2, 3, r, r])],
+                               [vi("y", onnx.TensorProto.FLOAT, [2, 3, size, size])], initializer=inits)
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 18)])
     onnx.checker.check_model(m, full_check=True)
     got = onnx_export.ort_session(m.SerializeToString()).run(None, {"x": x.numpy()})[0]
@@ -442,7 +448,7 @@ def test_cli_labeler_plugin(tiny_g, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 # INT8 (QDQ) UNet
 
-def test_int8_qdq_unet(unet_run, exported, test_faces, tmp_path):
+def test_int8_qdq_unet(unet_run, exported, held_out_faces, tmp_path):
     from ganseg.export.quantize import quantize_unet
 
     out = quantize_unet(unet_run, tmp_path / "int8.onnx", calib_images=8)
@@ -460,11 +466,20 @@ def test_int8_qdq_unet(unet_run, exported, test_faces, tmp_path):
     assert out.stat().st_size < 0.45 * exported["fp32"].stat().st_size
     assert_trt10_ops(m)  # incl. zero points of 0, which TensorRT requires
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    images = test_faces[0]
+    images = held_out_faces[0]
     x = from_uint8(images).numpy()
     got = _session(out).run(None, {"image": x})[0]
     ref = _session(exported["fp32"]).run(None, {"image": x})[0]
     assert got.shape == ref.shape
-    err = np.abs(got - ref).max() / np.abs(ref).max()
-    assert err < 0.1, err  # int8: a few per cent of the logit range
-    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    err = np.abs(got - ref).mean() / np.abs(ref).max()
+    assert err < 0.03, err  # int8: on average about one per cent of the logit range
+    # (the max error is larger: test pixels whose activations exceed the calibrated range are clipped)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
+    # ONNX Runtime's fused int8 kernels compute what the QDQ graph means (no int16 saturation: the
+    # weights use 7 bits); the unfused graph (optimizations off) is that meaning
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert np.percentile(np.abs(got - plain), 99.9) <= 0.02 * np.abs(ref).max()

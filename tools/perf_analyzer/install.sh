@@ -29,4 +29,4 @@ if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d' && ! ls "$DEST"/li
         rm -rf "$tmp"
     fi
 fi
-"$(dirname "$0")/perf_analyzer" --version
+PERF_ENV="$(cd "$DEST" && pwd)" "$(dirname "$0")/perf_analyzer" --version

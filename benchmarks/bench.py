@@ -65,7 +65,7 @@ class BenchConfig:
     pipeline_batches: list[int] = field(default_factory=lambda: [1, 4, 8])
     inprocess_repeats: int = 3
     inprocess_min_seconds: float = 0.5
-    compile_budget_s: float | None = 120.0
+    compile_budget_s: float | None = 90.0
     # fused feature step
     fused_cases: list[str] = field(default_factory=lambda: list(fused_memory.BENCH_CASES))
     fused_heads: list[str] = field(default_factory=lambda: ["linear"])

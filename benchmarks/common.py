@@ -202,7 +202,8 @@ def _mem_total_gb() -> float | None:
 
 def loaded_note(env: dict) -> str | None:
     """A sentence when the 1-minute load average shows other work competing for the cores."""
-    load, cores = (env.get("load_avg_1_5_15") or [0])[0], env.get("usable_cores") or 1
+    load = max((env.get(k) or [0])[0] for k in ("load_avg_1_5_15", "load_avg_at_start"))
+    cores = env.get("usable_cores") or 1
     if load > 0.5 * cores:
         return (f"measured on a loaded machine: 1-min load average {load:.1f} on {cores} cores "
                 f"(other jobs were running; absolute timings are pessimistic and noisier)")

@@ -29,6 +29,7 @@ import gc
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -173,133 +174,138 @@ def main(argv=None) -> int:
     timings: list[dict] = []
     impls = ("cuda", "torch", "reference")
 
-    for size in sizes:
-        feats64 = [f.double() for f in feats]
-        with torch.no_grad():
-            ref = ops.resample_accumulate(feats64, w_head.double(), b_head.double(), size, activation="lrelu",
-                                          impl="torch")
-            ref_logits = ops.resample_accumulate(feats64, w_lin.double(), b_lin.double(), size, impl="torch")
-        del feats64
-        for dname, dtype in DTYPES.items():
-            if args.smoke and dname != "fp32" and size != sizes[0]:
-                continue  # smoke: every dtype's code path once, at the smallest size
-            fd = [f.to(dtype) for f in feats]
-            wd, bd = w_head.to(dtype), b_head.to(dtype)
-            errs = {}
-            for impl in impls:
-                row = {"check": "fused op", "impl": impl, "dtype": dname, "size": size, "K": K, "activation": "lrelu"}
-                if impl == "cuda" and kernel_reason:
-                    parity.append(absent(kernel_reason, **row))
-                    continue
-                if impl == "reference" and dname != "fp32":
-                    continue
-                try:
-                    with torch.no_grad():
-                        out = ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)
-                except torch.cuda.OutOfMemoryError as exc:
-                    parity.append(absent(f"out of GPU memory: {str(exc).splitlines()[0]}", **row))
-                    continue
-                errs[impl] = rel_err(out, ref)
-                del out
-                tol = FP32_TOL if dname == "fp32" else 8 * UNIT_ROUNDOFF[dname]
-                parity.append({**row, "status": "ok", "rel_err": errs[impl], "tol": tol})
-            for row in parity:  # low precision: pass if within tol or no worse than torch in the same dtype
-                if row.get("status") == "ok" and row["size"] == size and row["dtype"] == dname and "pass" not in row:
-                    bound = row["tol"] if dname == "fp32" else max(row["tol"], 1.5 * errs.get("torch", 0.0))
-                    row["pass"] = row["rel_err"] <= bound
-            # labeling variant (linear head): labels vs float64 argmax, confidence vs float64 softmax max
-            for impl in ("cuda", "torch"):
-                row = {"check": "label variant", "impl": impl, "dtype": dname, "size": size, "K": L}
-                if impl == "cuda" and kernel_reason:
-                    parity.append(absent(kernel_reason, **row))
-                    continue
-                with torch.no_grad():
-                    labels, conf = ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl)
-                agree = (labels.long() == ref_logits.argmax(1)).double().mean().item()
-                cerr = (conf.double() - ref_logits.softmax(1).amax(1)).abs().max().item()
-                need = 0.9999 if dname == "fp32" else 0.99
-                parity.append({**row, "status": "ok", "label_agreement": agree, "conf_max_abs_err": cerr,
-                               "pass": agree >= need and cerr <= (1e-4 if dname == "fp32" else 5e-2)})
-            # the kernel's area-down branch: projected maps at every resolution, some above `size`
-            row = {"check": "projected maps incl. r > size (area in kernel)", "impl": "cuda", "dtype": dname,
-                   "size": size, "K": L}
-            if kernel_reason:
-                parity.append(absent(kernel_reason, **row))
-            else:
-                with torch.no_grad():
-                    maps = [ops.project_1x1(f, w).contiguous() for f, w in
-                            zip(fd, ops.split_weight(w_lin.to(dtype), [f.shape[1] for f in fd]))]
-                    by_res: dict[int, torch.Tensor] = {}
-                    for m in maps:
-                        r = m.shape[-1]
-                        by_res[r] = m if r not in by_res else by_res[r] + m
-                    maps = [by_res[r] for r in sorted(by_res)]
-                    pref = ops.resample_projected([m.double() for m in maps], b_lin.double(), size, impl="torch")
-                    pout = ops.resample_projected(maps, b_lin.to(dtype), size, impl="cuda")
-                e = rel_err(pout, pref)
-                tol = FP32_TOL if dname == "fp32" else 8 * UNIT_ROUNDOFF[dname]
-                parity.append({**row, "status": "ok", "rel_err": e, "tol": tol, "pass": e <= tol,
-                               "max_map_res": max(by_res)})
-                del maps, by_res, pref, pout
-            del fd
-        del ref, ref_logits
-
-        # timings: FP32 and BF16 (smoke: FP32)
-        for dname in (("fp32", "bf16") if not args.smoke or size == sizes[0] else ("fp32",)):
-            dtype = DTYPES[dname]
-            fd = [f.to(dtype) for f in feats]
-            wd, bd = w_head.to(dtype), b_head.to(dtype)
-            for impl in impls:
-                row = {"op": "fused op (K=%d, lrelu)" % K, "impl": impl, "dtype": dname, "size": size,
-                       "batch": args.batch}
-                if impl == "cuda" and kernel_reason:
-                    timings.append(absent(kernel_reason, **row))
-                    continue
-                if impl == "reference" and args.no_materialized:
-                    timings.append(absent("--no-materialized", **row))
-                    continue
-
-                def call(impl=impl):
-                    with torch.no_grad():
-                        return ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)
-                try:
-                    t = timer(call)
-                    mem = peak_extra_mib(device, call)
-                except torch.cuda.OutOfMemoryError as exc:
-                    timings.append(absent(f"out of GPU memory: {str(exc).splitlines()[0]}", **row))
-                    torch.cuda.empty_cache()
-                    continue
-                timings.append({**row, "status": "ok", **t, "peak_extra_mib": mem})
-                print(f"  {row['op']} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
-            for impl in ("cuda", "torch"):
-                row = {"op": "label variant (K=%d)" % L, "impl": impl, "dtype": dname, "size": size,
-                       "batch": args.batch}
-                if impl == "cuda" and kernel_reason:
-                    timings.append(absent(kernel_reason, **row))
-                    continue
-
-                def call(impl=impl):
-                    with torch.no_grad():
-                        return ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl)
-                t = timer(call)
-                timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
-                print(f"  {row['op']} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
-            # the accumulation step alone (projections done): the kernel vs torch resize + add
+    error = None
+    try:  # a CUDA fault (e.g. an illegal address in the kernel) must still leave a result file
+        for size in sizes:
+            feats64 = [f.double() for f in feats]
             with torch.no_grad():
-                maps = ops.project_by_resolution(fd, wd, size)
-            for impl in ("cuda", "torch"):
-                row = {"op": "accumulate only (projected maps)", "impl": impl, "dtype": dname, "size": size,
-                       "batch": args.batch}
-                if impl == "cuda" and kernel_reason:
-                    timings.append(absent(kernel_reason, **row))
-                    continue
-
-                def call(impl=impl):
+                ref = ops.resample_accumulate(feats64, w_head.double(), b_head.double(), size, activation="lrelu",
+                                              impl="torch")
+                ref_logits = ops.resample_accumulate(feats64, w_lin.double(), b_lin.double(), size, impl="torch")
+            del feats64
+            for dname, dtype in DTYPES.items():
+                if args.smoke and dname != "fp32" and size != sizes[0]:
+                    continue  # smoke: every dtype's code path once, at the smallest size
+                fd = [f.to(dtype) for f in feats]
+                wd, bd = w_head.to(dtype), b_head.to(dtype)
+                errs = {}
+                for impl in impls:
+                    row = {"check": "fused op", "impl": impl, "dtype": dname, "size": size, "K": K, "activation": "lrelu"}
+                    if impl == "cuda" and kernel_reason:
+                        parity.append(absent(kernel_reason, **row))
+                        continue
+                    if impl == "reference" and dname != "fp32":
+                        continue
+                    try:
+                        with torch.no_grad():
+                            out = ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)
+                    except torch.cuda.OutOfMemoryError as exc:
+                        parity.append(absent(f"out of GPU memory: {str(exc).splitlines()[0]}", **row))
+                        continue
+                    errs[impl] = rel_err(out, ref)
+                    del out
+                    tol = FP32_TOL if dname == "fp32" else 8 * UNIT_ROUNDOFF[dname]
+                    parity.append({**row, "status": "ok", "rel_err": errs[impl], "tol": tol})
+                for row in parity:  # low precision: pass if within tol or no worse than torch in the same dtype
+                    if row.get("status") == "ok" and row["size"] == size and row["dtype"] == dname and "pass" not in row:
+                        bound = row["tol"] if dname == "fp32" else max(row["tol"], 1.5 * errs.get("torch", 0.0))
+                        row["pass"] = row["rel_err"] <= bound
+                # labeling variant (linear head): labels vs float64 argmax, confidence vs float64 softmax max
+                for impl in ("cuda", "torch"):
+                    row = {"check": "label variant", "impl": impl, "dtype": dname, "size": size, "K": L}
+                    if impl == "cuda" and kernel_reason:
+                        parity.append(absent(kernel_reason, **row))
+                        continue
                     with torch.no_grad():
-                        return ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl)
-                t = timer(call)
-                timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
-            del fd, maps
+                        labels, conf = ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl)
+                    agree = (labels.long() == ref_logits.argmax(1)).double().mean().item()
+                    cerr = (conf.double() - ref_logits.softmax(1).amax(1)).abs().max().item()
+                    need = 0.9999 if dname == "fp32" else 0.99
+                    parity.append({**row, "status": "ok", "label_agreement": agree, "conf_max_abs_err": cerr,
+                                   "pass": agree >= need and cerr <= (1e-4 if dname == "fp32" else 5e-2)})
+                # the kernel's area-down branch: projected maps at every resolution, some above `size`
+                row = {"check": "projected maps incl. r > size (area in kernel)", "impl": "cuda", "dtype": dname,
+                       "size": size, "K": L}
+                if kernel_reason:
+                    parity.append(absent(kernel_reason, **row))
+                else:
+                    with torch.no_grad():
+                        maps = [ops.project_1x1(f, w).contiguous() for f, w in
+                                zip(fd, ops.split_weight(w_lin.to(dtype), [f.shape[1] for f in fd]))]
+                        by_res: dict[int, torch.Tensor] = {}
+                        for m in maps:
+                            r = m.shape[-1]
+                            by_res[r] = m if r not in by_res else by_res[r] + m
+                        maps = [by_res[r] for r in sorted(by_res)]
+                        pref = ops.resample_projected([m.double() for m in maps], b_lin.double(), size, impl="torch")
+                        pout = ops.resample_projected(maps, b_lin.to(dtype), size, impl="cuda")
+                    e = rel_err(pout, pref)
+                    tol = FP32_TOL if dname == "fp32" else 8 * UNIT_ROUNDOFF[dname]
+                    parity.append({**row, "status": "ok", "rel_err": e, "tol": tol, "pass": e <= tol,
+                                   "max_map_res": max(by_res)})
+                    del maps, by_res, pref, pout
+                del fd
+            del ref, ref_logits
+
+            # timings: FP32 and BF16 (smoke: FP32)
+            for dname in (("fp32", "bf16") if not args.smoke or size == sizes[0] else ("fp32",)):
+                dtype = DTYPES[dname]
+                fd = [f.to(dtype) for f in feats]
+                wd, bd = w_head.to(dtype), b_head.to(dtype)
+                for impl in impls:
+                    row = {"op": "fused op (K=%d, lrelu)" % K, "impl": impl, "dtype": dname, "size": size,
+                           "batch": args.batch}
+                    if impl == "cuda" and kernel_reason:
+                        timings.append(absent(kernel_reason, **row))
+                        continue
+                    if impl == "reference" and args.no_materialized:
+                        timings.append(absent("--no-materialized", **row))
+                        continue
+
+                    def call(impl=impl):
+                        with torch.no_grad():
+                            return ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)
+                    try:
+                        t = timer(call)
+                        mem = peak_extra_mib(device, call)
+                    except torch.cuda.OutOfMemoryError as exc:
+                        timings.append(absent(f"out of GPU memory: {str(exc).splitlines()[0]}", **row))
+                        torch.cuda.empty_cache()
+                        continue
+                    timings.append({**row, "status": "ok", **t, "peak_extra_mib": mem})
+                    print(f"  {row['op']} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
+                for impl in ("cuda", "torch"):
+                    row = {"op": "label variant (K=%d)" % L, "impl": impl, "dtype": dname, "size": size,
+                           "batch": args.batch}
+                    if impl == "cuda" and kernel_reason:
+                        timings.append(absent(kernel_reason, **row))
+                        continue
+
+                    def call(impl=impl):
+                        with torch.no_grad():
+                            return ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl)
+                    t = timer(call)
+                    timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
+                    print(f"  {row['op']} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
+                # the accumulation step alone (projections done): the kernel vs torch resize + add
+                with torch.no_grad():
+                    maps = ops.project_by_resolution(fd, wd, size)
+                for impl in ("cuda", "torch"):
+                    row = {"op": "accumulate only (projected maps)", "impl": impl, "dtype": dname, "size": size,
+                           "batch": args.batch}
+                    if impl == "cuda" and kernel_reason:
+                        timings.append(absent(kernel_reason, **row))
+                        continue
+
+                    def call(impl=impl):
+                        with torch.no_grad():
+                            return ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl)
+                    t = timer(call)
+                    timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
+                del fd, maps
+    except Exception:  # noqa: BLE001 - recorded with its traceback, and the exit code says so
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, flush=True)
 
     # speed-ups vs the torch fused op (same op, dtype, size)
     base = {(r["op"], r["dtype"], r["size"]): r["median_ms"] for r in timings
@@ -314,12 +320,13 @@ def main(argv=None) -> int:
               "generator": ginfo, "batch": args.batch, "kernel": {"available": kernel_reason is None,
                                                                   "reason": kernel_reason, "build_or_load_s": build_s},
               "tf32": False if device.type == "cuda" else None,
-              "parity": parity, "timings": timings, "all_parity_pass": not failed}
+              "parity": parity, "timings": timings, "all_parity_pass": not failed and error is None,
+              "error": error}
     write_json(out_dir / "gpu_kernel_check.json", result)
     write_text(out_dir / "gpu_kernel_check.md", render_markdown(result))
     print(f"wrote {out_dir / 'gpu_kernel_check.json'} and .md; parity {'PASS' if not failed else 'FAIL'}"
           f" ({sum(r.get('status') == 'ok' for r in parity)} measured, {len(failed)} failed)", flush=True)
-    return 1 if failed else 0
+    return 1 if failed or error else 0
 
 
 def render_markdown(res: dict) -> str:
@@ -330,6 +337,8 @@ def render_markdown(res: dict) -> str:
              f"{res['generator']['channels']} channels), batch {res['batch']}. Kernel: "
              + (f"built/loaded in {k['build_or_load_s']:.1f} s." if k["available"] else f"absent ({k['reason']}).")
              + (" TF32 off." if res["tf32"] is False else "") + "\n",
+             (f"**Stopped by an error** (results below are partial):\n\n```\n{res['error']}```\n" if res.get("error")
+              else ""),
              "## Parity (relative error = max |out - ref| / max |ref|, ref = torch fused op in float64)\n"]
     rows = []
     for r in res["parity"]:

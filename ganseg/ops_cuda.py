@@ -5,7 +5,8 @@ ninja, and is pointless on CPU. So nothing is built at import; the first CUDA ca
 `ganseg.ops.resample_accumulate` (impl "auto" or "cuda") calls `load()`, which compiles
 `ganseg/csrc/*.{cu,cpp}` with `torch.utils.cpp_extension.load` into torch's extension cache
 (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) under a name that carries a digest
-of the sources, so a changed kernel is rebuilt and an unchanged one is loaded in seconds. A failed
+of the sources, so a changed kernel is rebuilt and an unchanged one is loaded in seconds. Without
+ninja (which `load` needs) the same extension is built through setuptools instead. A failed
 build is remembered for the process: "auto" then falls back to the torch path with ONE warning
 saying why; an explicit impl="cuda" raises with the same reason.
 
@@ -52,8 +53,6 @@ def unavailable_reason() -> str | None:
 
     if cpp_extension.CUDA_HOME is None:
         return "no CUDA toolkit found (install one with nvcc or set CUDA_HOME)"
-    if not cpp_extension.is_ninja_available():
-        return "ninja is not installed (pip install ninja), torch.utils.cpp_extension needs it"
     missing = [n for n in SOURCES + HEADERS if not (CSRC / n).is_file()]
     if missing:
         return f"kernel sources missing from the installed package: {', '.join(missing)} (reinstall ganseg)"
@@ -74,20 +73,58 @@ def load(verbose: bool = False) -> ModuleType:
             raise RuntimeError(reason)
         from torch.utils import cpp_extension
 
+        name = f"ganseg_resample_accumulate_{source_digest()}"
+        verbose = verbose or bool(os.environ.get("GANSEG_OPS_VERBOSE"))
         try:
-            _module = cpp_extension.load(
-                name=f"ganseg_resample_accumulate_{source_digest()}",
-                sources=[str(CSRC / n) for n in SOURCES],
-                extra_include_paths=[str(CSRC)],
-                extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3", "-lineinfo"],
-                verbose=verbose or bool(os.environ.get("GANSEG_OPS_VERBOSE")),
-            )
+            if cpp_extension.is_ninja_available():
+                _module = cpp_extension.load(
+                    name=name,
+                    sources=[str(CSRC / n) for n in SOURCES],
+                    extra_include_paths=[str(CSRC)],
+                    extra_cflags=["-O3"],
+                    extra_cuda_cflags=["-O3", "-lineinfo"],
+                    verbose=verbose,
+                )
+            else:
+                _module = _build_without_ninja(name, verbose)
         except Exception as exc:  # a compiler error: remembered, reported once by the caller
             first = " ".join(str(exc).split())[:400]
             _failure = f"building the extension failed: {type(exc).__name__}: {first}"
             raise RuntimeError(_failure) from exc
         return _module
+
+
+def _build_without_ninja(name: str, verbose: bool) -> ModuleType:
+    """`cpp_extension.load` needs ninja; without it, build the same extension through setuptools
+    (BuildExtension with use_ninja=False: serial, slower, needs only nvcc and a C++ compiler) into
+    the same cache folder, and import the result."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from setuptools import Distribution
+    from torch.utils import cpp_extension
+
+    cache = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()  # as load() does
+    root = Path(cache) / f"{name}_setuptools"
+    built = sorted(root.glob(f"{name}*.so"))
+    if not built:
+        ext = cpp_extension.CUDAExtension(name, [str(CSRC / n) for n in SOURCES], include_dirs=[str(CSRC)],
+                                          extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]})
+        dist = Distribution({"name": name, "ext_modules": [ext],
+                             "cmdclass": {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=False)}})
+        cmd = dist.get_command_obj("build_ext")
+        cmd.build_lib, cmd.build_temp = str(root), str(root / "tmp")
+        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        with quiet:
+            dist.run_command("build_ext")
+        built = sorted(root.glob(f"{name}*.so"))
+        if not built:
+            raise RuntimeError(f"setuptools reported success but wrote no {name}*.so under {root}")
+    spec = importlib.util.spec_from_file_location(name, built[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def try_load() -> ModuleType | None:

@@ -357,7 +357,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             server.start()
         except UserError:
-            print(f"tritonserver log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr, flush=True)
+            if server.log_text():  # the server ran: show why it did not become ready
+                print(f"tritonserver log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr, flush=True)
             raise
         stop["started"] = True
         models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
@@ -376,4 +377,6 @@ def run(args: argparse.Namespace) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     print(f"Triton stopped (exit code {code})")
+    if args.log is None and server.log_path is not None:  # a clean stop: the temporary log is not needed
+        server.log_path.unlink(missing_ok=True)
     return 0

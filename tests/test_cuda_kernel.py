@@ -2,7 +2,8 @@
 
 Why these checks can be trusted without a GPU:
 1. nvcc (13, on the CPU machines) compiles the kernel source for sm_80 and sm_90 on every run, with
-   the flags the TensorRT plugin's CMake build uses for the same file (-std=c++17, -fPIC), and
+   the flags the TensorRT plugin's CMake build uses for the same file (-std=c++17, -fPIC) and the
+   half/bf16 restrictions torch's extension builder adds (-D__CUDA_NO_HALF_CONVERSIONS__ & co.), and
    ptxas must report every kernel instantiation (3 dtypes x {accumulate, label}) for both archs.
 2. The same nvcc call links a host program (tests/csrc/resample_host_check.cu) that runs the
    kernels' own __host__ __device__ per-pixel code (index math, fp32 accumulation, fp16/bf16
@@ -48,7 +49,11 @@ def nvcc_build(tmp_path_factory):
     if nvcc is None:
         pytest.skip("nvcc not on PATH: the kernel compile test needs the CUDA toolkit's nvcc (13 on the project's machines)")
     out = tmp_path_factory.mktemp("nvcc") / "resample_host_check"
-    cmd = [nvcc, "-std=c++17", "-O2", "--threads", "2", "-Xcompiler", "-fPIC,-Wall", "-Xptxas", "-v",
+    # torch.utils.cpp_extension adds these to every nvcc call (no implicit half/bf16 conversions):
+    # compiling under them too covers the torch extension's build as well as the plugin's
+    torch_flags = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+    cmd = [nvcc, "-std=c++17", "-O2", "--threads", "2", "-Xcompiler", "-fPIC,-Wall", "-Xptxas", "-v", *torch_flags,
            *[f"-gencode=arch=compute_{a[3:]},code={a}" for a in ARCHS],
            f"-I{CSRC}", str(CSRC / "resample_accumulate.cu"), str(HOST_CHECK), "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -188,7 +193,7 @@ def resize_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
 def test_numpy_index_math_matches_resize(n_in, n_out, align_corners):
     x = torch.randn(1, 2, n_in, n_in, dtype=torch.float64, generator=torch.Generator().manual_seed(n_in))
     m = resize_matrix(n_in, n_out, align_corners)
-    emulated = np.einsum("yi,ncij,xj->ncyx", m, x.numpy(), m)
+    emulated = m @ x.numpy() @ m.T  # rows, then columns (resize is separable)
     ref = ops.resize(x, n_out, align_corners).numpy()
     np.testing.assert_allclose(emulated, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
 
@@ -326,10 +331,19 @@ def test_gpu_kernel_check_smoke(tmp_path):
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
 
 
+@pytest.fixture(scope="module")
+def built_kernel():
+    """The extension on a GPU machine: skipped if the build tools are missing, a FAILURE if it does not compile."""
+    reason = ops_cuda.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"the CUDA extension cannot be built here: {reason}")
+    return ops_cuda.load()
+
+
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("activation", ["none", "lrelu"])
-def test_gpu_kernel_matches_torch(dtype, activation):
+def test_gpu_kernel_matches_torch(built_kernel, dtype, activation):
     g = torch.Generator(device="cuda").manual_seed(0)
     feats = [torch.randn(2, c, r, r, device="cuda", generator=g) for r, c in ((4, 32), (8, 32), (16, 16), (32, 8), (64, 8))]
     w = torch.randn(13, 96, device="cuda", generator=g) / 96**0.5
@@ -350,7 +364,7 @@ def test_gpu_kernel_matches_torch(dtype, activation):
 
 
 @cuda_only
-def test_gpu_auto_uses_kernel_without_grad_and_torch_with_grad():
+def test_gpu_auto_uses_kernel_without_grad_and_torch_with_grad(built_kernel):
     feats = [torch.randn(1, 4, r, r, device="cuda") for r in (4, 8)]
     w = torch.randn(3, 8, device="cuda", requires_grad=True)
     with torch.no_grad():

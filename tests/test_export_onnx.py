@@ -320,6 +320,8 @@ def test_labeler_parity_and_structure(case, tiny_g, latents, tmp_path):
     widths = {tuple(d.dim_value for d in v.type.tensor_type.shape.dim)[1:2]
               for v in inferred.graph.value_info if len(v.type.tensor_type.shape.dim) == 4}
     assert (stack,) not in widths
+    inits = {t.name for t in model.graph.initializer}  # weights folded: TensorRT sees constant conv weights
+    assert all(n.input[1] in inits for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
     ops = [n.op_type for n in model.graph.node if n.name.startswith(L.BLOCK_PREFIX)]
     up = 1 if size > 4 else 0
     assert ops.count("Resize") >= up and ("AveragePool" in ops) == (size < 16)

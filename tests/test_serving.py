@@ -134,13 +134,9 @@ def reference(repo) -> T.OnnxSegmenter:
 
 @pytest.fixture(scope="module")
 def server(repo):
-    srv = TritonServer(repo, ready_timeout=120)
-    srv.start()
-    pgid = srv.pid
-    try:
+    with TritonServer(repo, ready_timeout=120) as srv:
+        pgid = srv.pid
         yield srv
-    finally:
-        srv.stop()
     assert not _group_pids(pgid), "processes of the server's group were left running"
 
 
@@ -529,7 +525,10 @@ def test_server_start_errors_are_clear(tmp_path, repo) -> None:
     with pytest.raises(UserError, match="model import exploded") as err:
         srv.start()
     assert "exited" in str(err.value) or "not ready" in str(err.value)
+    assert "\n" not in str(err.value) and str(srv.log_path) in str(err.value)
+    assert "model import exploded" in srv.log_tail()
     assert not _group_pids(srv.pid)
+    srv.log_path.unlink()
 
 
 def test_ganseg_serve_stops_cleanly_on_sigterm(repo) -> None:
@@ -560,3 +559,23 @@ def test_ganseg_serve_stops_cleanly_on_sigterm(repo) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_default_repository_is_exported_once_into_the_cache(repo, tmp_path, monkeypatch) -> None:
+    """`ganseg serve` without --repo: the bundled default UNet, exported on first use, reused after."""
+    import ganseg.unet
+    from ganseg.serving.server import default_repository
+
+    weights = repo.parent / "run" / "unet.safetensors"
+    monkeypatch.setattr(ganseg.unet, "DEFAULT_UNET", weights)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = default_repository()
+    assert first.is_relative_to(tmp_path / "cache" / "ganseg" / "triton")
+    assert (first / "ganseg_unet" / "1" / "model.onnx").is_file() and (first / "ganseg_segment" / "config.pbtxt").is_file()
+    stamp = (first / "ganseg_unet" / "1" / "model.onnx").stat().st_mtime_ns
+    assert default_repository() == first
+    assert (first / "ganseg_unet" / "1" / "model.onnx").stat().st_mtime_ns == stamp  # not exported again
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    monkeypatch.setattr(ganseg.unet, "DEFAULT_UNET", tmp_path / "missing.safetensors")
+    with pytest.raises(UserError, match="--repo"):
+        default_repository()

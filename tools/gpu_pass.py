@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             gan_files(run, out / "gan", log)
     if "kernel" not in skip:
         cmd = [py, "benchmarks/gpu_kernel_check.py", "--out", str(out / "kernel")] + (["--smoke"] if args.smoke else [])
-        stage("kernel", cmd, 60 if args.smoke else 150, log, env)
+        stage("kernel", cmd, 60 if args.smoke else 240, log, env)  # includes the first nvcc build
     if "gpu" not in skip and not args.smoke:  # the UNet GPU rows (benchmarks/gpu.py has its own CPU smoke test)
         stage("gpu", [py, "benchmarks/gpu.py", "--out", str(out / "gpu")], 150, log, env)
     log["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

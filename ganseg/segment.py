@@ -1,7 +1,8 @@
 """`ganseg segment`: part masks for real images, at each image's own size.
 
---method unet (deployable, the default when --unet is given): the UNet distilled by auto-shot
-  (`ganseg train-unet`) segments each image directly, no GAN.
+--method unet (deployable; the default unless --head is given): the UNet distilled by auto-shot
+  (`ganseg train-unet`; without --unet the bundled default UNet, docs/default_unet.md) segments
+  each image directly, no GAN.
 --method invert: each image is inverted into the GAN (`ganseg.invert`) and the few-shot head from
   `ganseg train-head` labels the inversion's features. The head must come from the same generator
   (`--ckpt`); a head trained on another one is refused before any inversion starts.
@@ -40,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, TIFF, GIF, PPM; any size)")
     p.add_argument("--method", choices=["unet", "invert"], default=None,
                    help="unet: the distilled UNet (fast, no GAN); invert: GAN inversion + few-shot head. "
-                        "Default: unet when --unet is given, else invert")
-    p.add_argument("--unet", default=None, help="UNet from `ganseg train-unet` (run folder or unet.safetensors)")
+                        "Default: invert when only --head is given, else unet")
+    p.add_argument("--unet", default=None, help="UNet from `ganseg train-unet` (run folder or unet.safetensors); "
+                        "default: the bundled default UNet")
     p.add_argument("--ckpt", default=None,
                    help="generator for --method invert: the one the head was trained on (default: bundled)")
     p.add_argument("--head", default=None, help="few-shot head from `ganseg train-head`, for --method invert")
@@ -99,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ganseg.labels import palette_for, save_label_png
     from ganseg.paths import check_out_dir, output_names
 
-    method = args.method or ("unet" if args.unet else "invert")
-    if method == "unet" and not args.unet:
-        raise BadInput("--method unet needs --unet (a `ganseg train-unet` run folder or unet.safetensors)")
+    method = args.method or ("invert" if args.head and not args.unet else "unet")
     if method == "invert" and not args.head:
         raise BadInput("--method invert needs --head (a `ganseg train-head` file); or pass --unet RUN to "
                        "segment with a distilled UNet")

@@ -387,7 +387,7 @@ def plot_throughput(doc: dict, path: Path) -> Path | None:
     if not entries and not ip:
         return None
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     combos = list(dict.fromkeys((r["model"], r["protocol"]) for r in entries))
     for i, (m, p) in enumerate(combos):
         pts = sorted((r["concurrency"], r["img_per_s"]) for r in entries if r["model"] == m and r["protocol"] == p)
@@ -413,7 +413,7 @@ def plot_throughput(doc: dict, path: Path) -> Path | None:
     ax.set_xlabel("concurrency (served) / batch (in-process)")
     ax.set_ylabel("images / s")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Throughput, served vs in-process ({doc['threads']} threads), {doc['environment']['host']} "
                  f"{doc['environment']['date'][:10]}", fontsize=9)
     fig.tight_layout()
@@ -430,6 +430,23 @@ def plot_memory(doc: dict, path: Path) -> Path | None:
 
 # --------------------------------------------------------------------------------------------
 
+def rewrite(json_path: Path) -> dict:
+    """Recompute the derived figures (pre/post split, ratios), the markdown and the plots of an earlier
+    run from its JSON — after a fix to how they are derived; nothing is measured again."""
+    import json
+
+    doc = json.loads(Path(json_path).read_text())
+    for r in doc["sections"].get("served", {}).get("rows", []):
+        if r.get("status") == "ok" and r.get("variant") in ("bls", "ensemble") and r.get("server_stats"):
+            kind = served.ENTRIES[r["model"]][0]
+            r.update(served.prepost_split(r["model"], kind, r["variant"], r["server_stats"]))
+            if r.get("prepost_ms") is not None and r.get("avg_latency_ms"):
+                r["prepost_share_of_latency"] = min(1.0, r["prepost_ms"] / r["avg_latency_ms"])
+    doc["ratios"] = ratios(doc)
+    write_outputs(doc, Path(json_path).parent)
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
@@ -439,7 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the smoke grid (seconds): tiny UNet, in-process + GPU smoke")
     g.add_argument("--full", action="store_true", help="every point of every section (well over 15 minutes on CPU)")
+    ap.add_argument("--rewrite", default=None, metavar="JSON",
+                    help="only recompute the derived figures, markdown and plots of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.rewrite:
+        doc = rewrite(Path(args.rewrite))
+        print(f"rewrote {args.rewrite} and its markdown/plots from the stored measurements")
+        return 0
     cfg = BenchConfig.smoke() if args.quick else BenchConfig.full() if args.full else BenchConfig()
     if args.sections != ",".join(SECTIONS) or not args.quick:
         cfg.sections = [s for s in args.sections.split(",") if s]

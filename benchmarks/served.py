@@ -187,12 +187,17 @@ def prepost_split(entry: str, kind: str, variant: str, delta: dict[str, dict]) -
     unet = delta.get(UNET_MODEL)
     if unet is None:
         return {}
+    extra: dict = {"entry_avg_batch": (delta.get(entry) or {}).get("avg_batch")}
     if variant == "ensemble":
         pre, post = delta.get(PRE_MODELS[kind]), delta.get(POST_MODEL)
         if not pre or not post:
             return {}
         prepost = pre["compute_ms"] + post["compute_ms"]
         net = unet["compute_ms"]
+        # an ensemble has no queue of its own (perf_analyzer's "Server Queue" is 0): its steps queue,
+        # and the batches that matter are the steps' (the ensemble itself counts 1 per request)
+        extra = {"entry_avg_batch": pre["avg_batch"], "post_avg_batch": post["avg_batch"],
+                 "composing_queue_ms": pre["queue_ms"] + unet["queue_ms"] + post["queue_ms"]}
     else:
         e = delta.get(entry)
         if not e:
@@ -200,8 +205,7 @@ def prepost_split(entry: str, kind: str, variant: str, delta: dict[str, dict]) -
         net = unet["compute_ms"]
         prepost = max(0.0, e["compute_ms"] - net - unet["queue_ms"])
     return {"prepost_ms": prepost, "net_ms": net, "prepost_share_of_compute": prepost / (prepost + net)
-            if prepost + net > 0 else None, "unet_avg_batch": unet["avg_batch"],
-            "entry_avg_batch": (delta.get(entry) or {}).get("avg_batch")}
+            if prepost + net > 0 else None, "unet_avg_batch": unet["avg_batch"], **extra}
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,11 +394,16 @@ def table(rows: list[dict]) -> str:
         ["model", "protocol", "batch", "concurrency", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "img/s",
          "queue ms", "compute ms", "pre/post share", "avg server batch"],
         [[r["model"], r["protocol"], r["batch"], r["concurrency"], r["p50_ms"], r["p90_ms"], r["p95_ms"], r["p99_ms"],
-          r["img_per_s"], r["server_queue_ms"],
+          r["img_per_s"], r.get("composing_queue_ms", r["server_queue_ms"]),
           r["server_compute_input_ms"] + r["server_compute_infer_ms"] + r["server_compute_output_ms"],
           f"{100 * r['prepost_share_of_compute']:.0f} %" if r.get("prepost_share_of_compute") is not None else "–",
           r.get("entry_avg_batch") or r.get("unet_avg_batch")] for r in ok],
         numeric=[False, False] + [True] * 9 + [True, True])
+    out += ("\nqueue ms: the server's queue time per request (for an ensemble, its steps' queues summed); "
+            "compute ms: the entry model's compute per request, from perf_analyzer's CSV (for an ensemble, "
+            "its steps'); pre/post share: pre+post compute ÷ (pre+post+network) from the server's statistics; "
+            "avg server batch: images per execution the dynamic batcher formed (for an ensemble, its "
+            "preprocessing step's).\n")
     miss = [r for r in rows if r.get("status") != "ok"]
     if miss:
         out += "\nAbsent: " + "; ".join(sorted({f"{r['model']} {r['protocol']} c={r['concurrency']}: {r['reason']}"

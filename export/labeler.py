@@ -540,10 +540,9 @@ def load_inputs(ckpt: str | None, head_path: str | None):
         raise UserError(f"--ckpt {ckpt}: {str(exc).splitlines()[0]}") from None
     try:
         check_head_fits(G, head)
-    except UserError:
-        raise
-    except ValueError as exc:
-        raise UserError(f"--head {hp} does not fit --ckpt {ckpt or 'bundled default'}: {exc}") from None
+    except (UserError, ValueError) as exc:
+        raise UserError(f"--head {hp} does not fit the generator --ckpt {ckpt or '(bundled default)'}: "
+                        f"{exc}") from None
     gfile = Path(ckpt) if ckpt else DEFAULT_GENERATOR
     return G, head.eval(), gfile, hp
 

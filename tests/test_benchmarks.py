@@ -263,6 +263,12 @@ def test_bench_driver_smoke_run(tmp_path):
     assert "In-process baselines" in md and env["host"] in md
     assert (tmp_path / f"{js.stem}-throughput.png").read_bytes()[:4] == b"\x89PNG"
     assert elapsed < 120
+    # the derived figures can be recomputed from the stored measurements alone
+    before = json.loads(js.read_text())
+    assert bench.main(["--rewrite", str(js)]) == 0
+    after = json.loads(js.read_text())
+    assert after["sections"] == before["sections"] and after["environment"] == before["environment"]
+    assert (tmp_path / f"{js.stem}.md").read_text() == md
 
 
 def test_measure_bounds_a_slow_point_but_keeps_two_samples():

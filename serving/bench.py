@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=200, help="timed requests per row at concurrency > 1")
     p.add_argument("--sweep", action="store_true", help="also sweep the batching knobs (BLS, gRPC)")
     p.add_argument("--no-table", action="store_true", help="skip the ensemble-vs-BLS table (with --sweep)")
+    p.add_argument("--variants", nargs="*", default=None, help="--sweep: only these variants (by name)")
     p.add_argument("--out", default="runs/serving_bench.json")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="ganseg-bench-"))
@@ -123,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             "ort_threads 2": ServingConfig(ort_threads=2),
             "2 UNet instances": ServingConfig(unet_instances=2),
             "2 entry instances": ServingConfig(instances=2),
+            "2 UNet + 2 entry instances": ServingConfig(instances=2, unet_instances=2),
         }
+        if args.variants:
+            variants = {k: v for k, v in variants.items() if k in args.variants}
         for name, cfg in variants.items():
             repo = build_repository(tmp / "sweep", onnx=onnx, pipeline="bls", cfg=cfg)
             print(f"-- {name}")

@@ -274,34 +274,28 @@ def main(argv=None) -> int:
                         continue
                     timings.append({**row, "status": "ok", **t, "peak_extra_mib": mem})
                     print(f"  {row['op']} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
-                for impl in ("cuda", "torch"):
-                    row = {"op": "label variant (K=%d)" % L, "impl": impl, "dtype": dname, "size": size,
-                           "batch": args.batch}
-                    if impl == "cuda" and kernel_reason:
-                        timings.append(absent(kernel_reason, **row))
-                        continue
+                def kernel_vs_torch(op: str, run) -> None:
+                    """One timing row per impl ("cuda", "torch") of run(impl) -> output."""
+                    for impl in ("cuda", "torch"):
+                        row = {"op": op, "impl": impl, "dtype": dname, "size": size, "batch": args.batch}
+                        if impl == "cuda" and kernel_reason:
+                            timings.append(absent(kernel_reason, **row))
+                            continue
 
-                    def call(impl=impl):
-                        with torch.no_grad():
-                            return ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl)
-                    t = timer(call)
-                    timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
-                    print(f"  {row['op']} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
+                        def call(impl=impl):
+                            with torch.no_grad():
+                                return run(impl)
+                        t = timer(call)
+                        timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
+                        print(f"  {op} {impl:9s} {dname} {size}²: {t['median_ms']:.3f} ms", flush=True)
+
+                kernel_vs_torch("label variant (K=%d)" % L,
+                                lambda impl: ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl))
                 # the accumulation step alone (projections done): the kernel vs torch resize + add
                 with torch.no_grad():
                     maps = ops.project_by_resolution(fd, wd, size)
-                for impl in ("cuda", "torch"):
-                    row = {"op": "accumulate only (projected maps)", "impl": impl, "dtype": dname, "size": size,
-                           "batch": args.batch}
-                    if impl == "cuda" and kernel_reason:
-                        timings.append(absent(kernel_reason, **row))
-                        continue
-
-                    def call(impl=impl):
-                        with torch.no_grad():
-                            return ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl)
-                    t = timer(call)
-                    timings.append({**row, "status": "ok", **t, "peak_extra_mib": peak_extra_mib(device, call)})
+                kernel_vs_torch("accumulate only (projected maps)",
+                                lambda impl: ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl))
                 del fd, maps
     except Exception:  # noqa: BLE001 - recorded with its traceback, and the exit code says so
         error = traceback.format_exc()

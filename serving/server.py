@@ -58,20 +58,23 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _group_pids(pgid: int) -> list[int]:
-    """Processes still alive in a process group (from /proc; Linux)."""
-    pids = []
+def _proc_stats() -> dict[int, list[bytes]]:
+    """pid -> the fields of /proc/PID/stat after the command name (Linux): [state, ppid, pgrp, ...]."""
+    stats = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != b"Z":
-                pids.append(int(entry))
-        except (OSError, IndexError, ValueError):
+                stats[int(entry)] = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-    return pids
+    return stats
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Processes still alive in a process group."""
+    return [pid for pid, fields in _proc_stats().items() if int(fields[2]) == pgid and fields[0] != b"Z"]
 
 
 def process_tree_rss(pid: int) -> int:
@@ -79,16 +82,9 @@ def process_tree_rss(pid: int) -> int:
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * page
-        except (OSError, IndexError, ValueError):
-            continue
+    for p, fields in _proc_stats().items():
+        children.setdefault(int(fields[1]), []).append(p)
+        rss[p] = int(fields[21]) * page
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()

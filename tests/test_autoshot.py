@@ -215,7 +215,9 @@ def test_train_unet_on_real_labelled_images(tmp_path):
     assert main(["segment", "--unet", str(tmp_path / "u"), str(tmp_path / "real" / "0001.png"),
                  str(tmp_path / "bad.png"), "--out", str(tmp_path / "seg2")]) == 2
     assert not (tmp_path / "seg2").exists()
-    assert main(["segment", "--method", "unet", str(tmp_path / "big.jpg"), "--out", str(tmp_path / "s3")]) == 2
+    # no --unet: the bundled default UNet (docs/default_unet.md), masks still at the photo's size
+    assert main(["segment", "--method", "unet", str(tmp_path / "big.jpg"), "--out", str(tmp_path / "s3")]) == 0
+    assert load_label_png(tmp_path / "s3" / "big_mask.png").shape == (80, 100)
 
 
 def test_bad_inputs_give_clear_errors(models, tmp_path, capsys):

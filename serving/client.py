@@ -5,7 +5,8 @@
 Sends each file's bytes as it is (the server decodes: PNG, JPEG, WEBP, BMP, TIFF, GIF, PPM; EXIF
 rotation, 16-bit, alpha), one image per request; the server batches concurrent requests. Writes
 NAME_mask.png (indexed PNG: pixel values are class indices, colours the model's palette) and
-NAME_overlay.png per image, atomically, and prints each image's latency and a summary.
+NAME_overlay.png per image and overlays.png (thumbnails of all), atomically, and prints each image's
+latency and a summary.
 
 `--serve` starts a temporary server on free loopback ports for the run (the bundled default UNet,
 or --repo), then stops it: what `make demo` uses.
@@ -307,6 +308,16 @@ def _segment_and_save(args, files, stems, url, out: Path, write_atomic, label_pn
         print(f"segmented {len(ok)}/{len(results)} image(s) via {args.protocol}://{url} model {args.model} "
               f"(concurrency {args.concurrency}): p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
               f"{s['img_per_s']:.1f} img/s; masks in {out}")
+    shown = [r for r in ok if r.overlay is not None][:64]
+    if shown:  # one picture of all results, as `ganseg segment` writes (128 px thumbnails)
+        import io
+
+        from PIL import Image
+
+        from ganseg.images import make_grid, save_png
+
+        thumbs = [np.asarray(Image.open(io.BytesIO(bytes(r.overlay))).convert("RGB").resize((128, 128))) for r in shown]
+        save_png(out / "overlays.png", make_grid(np.stack(thumbs)))
     if failed:
         print(f"{failed} image(s) failed (messages above)")
     return 1 if failed else 0

@@ -485,6 +485,7 @@ def test_client_cli_writes_masks_and_overlays(server, reference, tmp_path, capsy
             assert np.array_equal(load_label_png(out / f"{k}_mask.png"), reference.segment([im])[0])
             assert Image.open(out / f"{k}_overlay.png").size == (im.shape[1], im.shape[0])
         assert (out / "c_mask.png").is_file()
+        assert Image.open(out / "overlays.png").size[0] >= 2 * 128  # thumbnails of every result
         assert "p50" in capsys.readouterr().out
     args = p.parse_args([str(src), "--url", f"127.0.0.1:{_free_port()}", "--out", str(out)])
     with pytest.raises(UserError, match="no Triton server"):

@@ -57,7 +57,7 @@ class ServingConfig:
     preferred_batch: list[int] = field(default_factory=lambda: [4, 8])
     queue_delay_us: int = 500       # how long the dynamic batcher waits to fill a batch
     unet_queue_delay_us: int = 0    # ganseg_unet's batcher (BLS already hands it whole batches)
-    instances: int = 1              # instances of each Python entry/pre/post model
+    instances: int = 2              # instances of each Python entry/pre/post model (2: see docs/serving.md)
     unet_instances: int = 1         # instances of ganseg_unet (each a process with its own ORT session)
     ort_threads: int = 1            # ONNX Runtime intra-op threads per ganseg_unet instance
     max_pixels: int = SERVER_MAX_PIXELS

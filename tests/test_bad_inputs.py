@@ -551,3 +551,13 @@ def test_deployable_path_does_not_import_the_trainers(module):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_train_gan_data_must_be_a_folder(tmp_path, capsys):
+    from ganseg.cli import main
+
+    (tmp_path / "one.png").write_bytes(b"x")
+    for data, words in ((tmp_path / "one.png", "a file"), (tmp_path / "nope", "not found")):
+        assert main(["train-gan", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
+        one_line_error(capsys, "ganseg train-gan: error:", "--data", words, "folder")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -312,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
     from ganseg.paths import check_out_dir
 
     out = check_out_dir(args.out)
+    if args.data is not None and not Path(args.data).is_dir():
+        what = "a file" if Path(args.data).is_file() else "not found"
+        raise BadInput(f"--data {args.data}: {what}; pass a folder of .png/.jpg training images")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

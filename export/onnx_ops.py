@@ -137,16 +137,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def palette_for(num_classes: int) -> list[list[int]]:
-    """The faces palette for its 10 classes; further classes get distinct, deterministic colours."""
-    import colorsys
+    """The mask format's palette (`ganseg.labels.palette_for`) as JSON-ready lists."""
+    from ganseg.labels import palette_for as palette
 
-    from ganseg.labels import PALETTE
-
-    pal = [list(map(int, c)) for c in PALETTE[:num_classes]]
-    for i in range(len(pal), num_classes):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.9)
-        pal.append([round(r * 255), round(g * 255), round(b * 255)])
-    return pal
+    return palette(num_classes).tolist()
 
 
 def opset_of(model: onnx.ModelProto, domain: str = "") -> int:

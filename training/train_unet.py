@@ -119,7 +119,7 @@ def synth_data(path: str | os.PathLike, max_uncertainty: float | None = None, so
 
 def real_data(path: str | os.PathLike) -> LabelledData:
     """`NNNN.png` + `NNNN_mask.png` pairs (as `ganseg render` writes); class names from labels.json."""
-    from ganseg.labels import CLASS_NAMES, load_label_png
+    from ganseg.labels import CLASS_NAMES, load_label_png, read_labels_json
     from ganseg.images import load_rgb
 
     root = Path(path)
@@ -135,12 +135,8 @@ def real_data(path: str | os.PathLike) -> LabelledData:
             pairs.append((int(m.group(1)), p, mask))
     if not pairs:
         raise MissingFile(f"{root}: no NNNN.png + NNNN_mask.png pairs")
-    names = list(CLASS_NAMES)
-    if (root / "labels.json").is_file():
-        try:
-            names = list(json.loads((root / "labels.json").read_text())["classes"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadInput(f"{root / 'labels.json'}: unreadable ({exc})") from None
+    # the mask format's own reader: one set of labels.json checks and messages for every command
+    names = list(read_labels_json(root).class_names) if (root / "labels.json").is_file() else list(CLASS_NAMES)
     images, labels = [], []
     for _, p, mp in tqdm(pairs, desc="load real", unit="img"):
         im, lab = load_rgb(p), load_label_png(mp)

@@ -27,19 +27,22 @@ import io
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ganseg.errors import BadInput, MissingFile
 
 # Raster formats decode_rgb accepts (Pillow plugin names). JPEG includes cameras' multi-picture
 # (MPO) JPEGs; PPM covers PBM/PGM/PPM.
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
-# 64 MP: above any common camera photo, below Pillow's own decompression-bomb warning (89 MP).
-MAX_PIXELS = 64 * 1024 * 1024
+# The one maximum photo size of `segment`, `client` and the server (docs/serving.md): 64 MP is above
+# any common camera photo and below Pillow's own decompression-bomb warning (89 MP). Checked from
+# the header, before any pixel is decoded.
+MAX_PIXELS = 64_000_000
 ALPHA_BACKGROUND = (255, 255, 255)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -120,42 +123,119 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
 _FIX = f"pass a {', '.join(FORMATS)} image"
 
 
-def _open_checked(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
-    """Open, check the header's size, apply EXIF orientation and decode the first frame.
+def check_pixel_count(w: int, h: int, name: str, max_pixels: int = MAX_PIXELS) -> None:
+    """The one size limit of every stage (segment, client, server): a one-line BadInput above it."""
+    if w * h > max_pixels:
+        raise BadInput(f"{name}: image is {w}x{h} ({w * h / 1e6:.1f} MP), above the limit of "
+                       f"{max_pixels / 1e6:.1f} MP; downscale it first")
 
+
+# EXIF orientation -> the transpose that shows the photo upright (what ImageOps.exif_transpose does)
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+class Photo:
+    """An opened, header-checked image: `size` is its upright (W, H) before any pixel is decoded;
+    `rgb()` decodes it (at the reduced JPEG scale asked for by `open_photo(draft=...)`)."""
+
+    def __init__(self, im: Image.Image, fp: BinaryIO, name: str, size: tuple[int, int], orientation: int):
+        self._im, self._fp, self.name, self.size, self._orientation = im, fp, name, size, orientation
+
+    def rgb(self) -> np.ndarray:
+        """uint8 HWC RGB, upright (rules in the module docstring)."""
+        im, (w, h) = self._im, self.size
+        try:
+            im.load()
+        except MemoryError:
+            raise BadInput(f"{self.name}: not enough memory to decode this {w}x{h} image; downscale it first") from None
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
+            raise BadInput(f"{self.name}: image data is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                           f"re-export or re-download the file") from None
+        if self._orientation in _ORIENT:
+            im = im.transpose(_ORIENT[self._orientation])
+        return _to_rgb(im, self.name)
+
+    def close(self) -> None:
+        self._im.close()
+        self._fp.close()
+
+    def __enter__(self) -> "Photo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        o = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a garbled EXIF block: the pixels are fine, keep them as stored
+        return 1
+    return o if o in _ORIENT else 1
+
+
+def open_photo(source: bytes | bytearray | memoryview | str | os.PathLike, name: str | None = None,
+               max_pixels: int = MAX_PIXELS, draft: int = 0) -> Photo:
+    """Open image bytes or an image file and check its header: format in `FORMATS`, at least one
+    pixel, at most `max_pixels` (ganseg's own message, also above Pillow's bomb limit).
+
+    `draft` > 0: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides
+    >= draft (libjpeg's scaled IDCT: ~8x less work at 1/8); `Photo.size` stays the full size.
+    A file is read by Pillow on demand: a huge non-image file costs only its header.
     Every failure of Pillow's decoders on bad data becomes a UserError: they raise a zoo of types
     (OSError, SyntaxError, ValueError, struct.error, EOFError, ...) for malformed files.
     """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = name or "<bytes>"
+        if len(source) == 0:
+            raise BadInput(f"{name}: empty (0 bytes), not an image; {_FIX}")
+        f: BinaryIO = io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = name or str(path)
+        if path.is_dir():
+            raise BadInput(f"{path} is a folder, not an image: pass the image files inside it (e.g. {path}/*.png)")
+        if not path.is_file():
+            raise MissingFile(f"image not found: {path}")
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise BadInput(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+        if os.fstat(f.fileno()).st_size == 0:
+            f.close()
+            raise BadInput(f"{path}: empty file (0 bytes), not an image; {_FIX}")
+    else:
+        raise TypeError(f"open_photo takes bytes or a path, got {type(source).__name__}")
     try:
-        im = Image.open(source, formats=FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise BadInput(f"{name}: image too large to decode safely ({exc}); downscale it first") from None
+        with warnings.catch_warnings():  # our own limit and message, not Pillow's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(f, formats=FORMATS)
+    except Image.DecompressionBombError:
+        f.close()
+        raise BadInput(f"{name}: image is above {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP, far above the limit of "
+                       f"{max_pixels / 1e6:.1f} MP; downscale it first") from None
     except Image.UnidentifiedImageError:
+        f.close()
         raise BadInput(f"{name}: not a readable image (unknown or unsupported format); {_FIX}") from None
     except Exception as exc:  # noqa: BLE001 - malformed headers raise many types
+        f.close()
         raise BadInput(f"{name}: not a readable image ({type(exc).__name__}: {exc}); {_FIX}") from None
     w, h = im.size
-    if w < 1 or h < 1:
-        im.close()
-        raise BadInput(f"{name}: image has no pixels ({w}x{h}); {_FIX}")
-    if w * h > max_pixels:
-        im.close()
-        raise BadInput(f"{name}: image is {w}x{h} ({w * h / 1e6:.1f} MP), above the limit of "
-                       f"{max_pixels / 1e6:.1f} MP; downscale it first")
     try:
-        im.load()
-    except MemoryError:
+        if w < 1 or h < 1:
+            raise BadInput(f"{name}: image has no pixels ({w}x{h}); {_FIX}")
+        check_pixel_count(w, h, name, max_pixels)
+        orientation = _orientation(im)
+        if draft > 0 and im.format in ("JPEG", "MPO"):
+            im.draft(None, (int(draft), int(draft)))
+    except BaseException:
         im.close()
-        raise BadInput(f"{name}: not enough memory to decode this {w}x{h} image; downscale it first") from None
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises many types
-        im.close()
-        raise BadInput(f"{name}: image data is truncated or corrupt ({type(exc).__name__}: {exc}); "
-                       f"re-export or re-download the file") from None
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - a garbled EXIF block: the pixels are fine, keep them as stored
-        pass
-    return im
+        f.close()
+        raise
+    size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return Photo(im, f, name, size, orientation)
 
 
 def _rescale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -208,32 +288,14 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS)
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_rgb takes bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise BadInput(f"{name}: empty (0 bytes), not an image; {_FIX}")
-    with _open_checked(io.BytesIO(bytes(data)), name, max_pixels) as im:
-        return _to_rgb(im, name)
+    with open_photo(data, name, max_pixels) as photo:
+        return photo.rgb()
 
 
 def load_rgb(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Any image file -> uint8 HWC RGB (as `decode_rgb`), optionally resized (area) to size x size.
-
-    The file is read by Pillow on demand, not into memory first: a huge non-image file costs only
-    its header.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"{path} is a folder, not an image: pass the image files inside it (e.g. {path}/*.png)")
-    if not path.is_file():
-        raise MissingFile(f"image not found: {path}")
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            raise BadInput(f"{path}: empty file (0 bytes), not an image; {_FIX}")
-        with _open_checked(f, str(path), max_pixels) as im:
-            rgb = _to_rgb(im, str(path))
+    """Any image file -> uint8 HWC RGB (as `decode_rgb`), optionally resized (area) to size x size."""
+    with open_photo(Path(path), str(path), max_pixels) as photo:
+        rgb = photo.rgb()
     if size is not None:
         rgb = np.asarray(_resize_pil(Image.fromarray(rgb), size))
     return rgb

@@ -1,0 +1,362 @@
+"""The photo pipeline around a segmentation UNet: bytes/pixels -> network batch -> label maps (+ overlay).
+
+API (stable; the Triton models, `OnnxSegmenter`, `ganseg segment --unet`, `ganseg client` and the
+in-process benchmark are thin adapters over it):
+
+    MAX_PIXELS                      the one maximum photo size (64 MP) of segment, client and server
+    check_photo(source, name)       header-only size/format check -> (W, H); no pixel decoded
+    INPUT_NAME, OUTPUT_NAME         the UNet's tensors ("image" FP32 [N,3,S,S] -> "logits" FP32 [N,K,S,S])
+    IMAGE, MASK, OVERLAY            the entry models' tensors (ganseg_segment, ganseg_segment_raw)
+    UNetSpec                        input size, class names, palette (ONNX metadata / Triton parameters)
+    pre(sources, size, ...)  -> Batch   encoded bytes, files or uint8 HWC pixels -> network batch
+                                        (Batch.pixels uint8 NHWC, Batch.x float32 NCHW), each photo's
+                                        own (H, W), optional overlay previews
+    post(logits, batch, ...) -> [Segmented]  argmax -> MASK at each photo's own size (+ OVERLAY PNG)
+    resize_labels(labels, (H, W))   nearest label resize by index arithmetic
+    label_png(labels, palette)      indexed PNG bytes, fast compression, palette kept
+    overlay_png(image, labels, ...) overlay PNG bytes at the preview image's size
+    ort_session(path, threads=1)    the one ONNX Runtime session factory
+    OnnxSegmenter(path)             the whole pipeline in-process with ONNX Runtime
+
+Why one module: the served code, the CLI and the benchmark baseline must give the same masks and
+the same costs, so they share these functions rather than copies. It is numpy + Pillow (+ ONNX
+Runtime for `ort_session`) only: every Triton Python-backend process imports it, and torch there
+would cost 5-8 s and ~230 MB per process. It imports nothing from ganseg.serving/export/training.
+
+Photo rules (docs/serving.md): a photo is decoded at the smallest JPEG DCT scale (1/2, 1/4, 1/8;
+Pillow's `draft`, i.e. libjpeg's own scaled IDCT) that keeps both sides >= 2x the network input,
+then resized to size x size with `ganseg.images.resize_rgb` (area when shrinking, bicubic when
+enlarging); other formats decode at full size. Decoding a 12 MP JPEG that way costs ~1/8 of a full
+decode and changes the masks by a fraction of a point of mIoU (benchmarks/results/draft_decode.md).
+MASK is the argmax at size x size brought back to the photo's own size by nearest-neighbour index
+arithmetic; OVERLAY is only computed when asked for, at a preview whose long side is at most
+`PREVIEW_MAX_SIDE` (never the full photo).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from ganseg.errors import BadInput, UserError
+from ganseg.images import MAX_PIXELS, check_pixel_count, open_photo, overlay, resize_rgb
+
+__all__ = [
+    "MAX_PIXELS", "PREVIEW_MAX_SIDE", "MASK_PNG_COMPRESSION", "INPUT_NAME", "OUTPUT_NAME", "IMAGE", "MASK",
+    "OVERLAY", "UNetSpec", "Batch", "Segmented", "check_photo", "pre", "post", "normalize", "argmax_labels",
+    "resize_labels", "label_png", "overlay_png", "ort_session", "check_raw", "same_size", "OnnxSegmenter",
+]
+
+INPUT_NAME = "image"     # the UNet's input tensor (ONNX file and ganseg_unet)
+OUTPUT_NAME = "logits"   # the UNet's output tensor
+IMAGE, MASK, OVERLAY = "IMAGE", "MASK", "OVERLAY"  # the entry models' tensors
+PREVIEW_MAX_SIDE = 1024  # default long side of an OVERLAY (a preview, not a full-size render)
+MASK_PNG_COMPRESSION = 1  # zlib level of mask/overlay PNGs: level 1 is ~5x faster than 6, files ~1.3x larger
+DRAFT_FACTOR = 2         # a photo is decoded at reduced scale only while both sides stay >= 2x the input
+
+Source = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------
+# The UNet contract
+
+@dataclass
+class UNetSpec:
+    """What pre/post-processing needs to know about a UNet (from the ONNX metadata or a Triton
+    config's parameters)."""
+
+    input_size: int
+    class_names: list[str]
+    palette: np.ndarray = field(repr=False)
+    size_multiple: int = 1
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def from_metadata(cls, meta: dict, source: str = "ONNX file") -> "UNetSpec":
+        """From parsed ONNX metadata (`ganseg.export.onnx_ops.read_metadata`) or the raw strings
+        (`session.get_modelmeta().custom_metadata_map`)."""
+        def val(key):
+            if key not in meta:
+                raise UserError(f"{source}: metadata lacks {key!r}; re-export it with `ganseg export onnx`")
+            v = meta[key]
+            if isinstance(v, str) and key in ("class_names", "palette", "input_size", "size_multiple", "normalization"):
+                v = json.loads(v)
+            return v
+
+        norm = val("normalization")
+        if abs(float(norm["scale"]) - 1 / 127.5) > 1e-9 or float(norm["offset"]) != -1.0 or norm.get("layout", "NCHW") != "NCHW":
+            raise UserError(f"{source}: normalization {norm} is not the ganseg contract (uint8/127.5 - 1, NCHW); "
+                            f"re-export it with `ganseg export onnx`")
+        names = [str(n) for n in val("class_names")]
+        palette = np.asarray(val("palette"), dtype=np.uint8).reshape(-1, 3)
+        if len(palette) < len(names):
+            raise UserError(f"{source}: palette has {len(palette)} colours for {len(names)} classes; re-export it")
+        return cls(input_size=int(val("input_size")), class_names=names, palette=palette,
+                   size_multiple=int(val("size_multiple")), input_name=str(meta.get("input_name", INPUT_NAME)),
+                   output_name=str(meta.get("output_name", OUTPUT_NAME)))
+
+    def to_parameters(self) -> dict[str, str]:
+        """Triton config `parameters` (strings) that `from_parameters` reads back."""
+        return {"input_size": str(self.input_size), "size_multiple": str(self.size_multiple),
+                "class_names": json.dumps(self.class_names), "palette": json.dumps(self.palette.tolist())}
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> "UNetSpec":
+        return cls(input_size=int(params["input_size"]), class_names=json.loads(params["class_names"]),
+                   palette=np.asarray(json.loads(params["palette"]), np.uint8).reshape(-1, 3),
+                   size_multiple=int(params.get("size_multiple", "1")))
+
+
+def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int = 1, providers: Sequence[str] | None = None):
+    """The one ONNX Runtime session set-up: `threads` intra-op threads, one inter-op thread,
+    sequential execution, warnings only (ORT's info logs would flood a server's log)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    src = bytes(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
+    return ort.InferenceSession(src, so, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+# --------------------------------------------------------------------------------------------
+# pre: photos -> network batch
+
+@dataclass
+class Batch:
+    """What `pre` hands to the network and to `post`."""
+
+    pixels: np.ndarray              # uint8 [N, S, S, 3]: each photo resized to the network input
+    sizes: list[tuple[int, int]]    # each photo's own (H, W), EXIF orientation applied
+    previews: list[np.ndarray | None]  # uint8 HWC overlay backgrounds (long side <= preview), or None
+
+    @property
+    def x(self) -> np.ndarray:
+        """The network input: float32 [N, 3, S, S] = uint8 / 127.5 - 1."""
+        return normalize(self.pixels)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+def check_photo(source: bytes | str | os.PathLike, name: str | None = None, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(W, H) from the header only, or a one-line UserError (not an image, empty, above `max_pixels`).
+
+    For callers that must refuse a photo before sending or queueing it (`ganseg client`)."""
+    with open_photo(source, name or _name(source), max_pixels) as photo:
+        return photo.size
+
+
+def pre(sources: Sequence[Source], size: int, *, names: Sequence[str] | None = None,
+        max_pixels: int = MAX_PIXELS, preview: int = 0) -> Batch:
+    """Photos -> `Batch`: encoded bytes, image files (path) or uint8 HWC RGB arrays, any sizes.
+
+    Encoded photos are decoded at reduced JPEG scale while both sides stay >= 2 x `size` (module
+    docstring); `preview` > 0 also keeps, per photo, an overlay background whose long side is at
+    most `preview` (decoded again at that scale when the network's decode is too small for it).
+    Bad data raises UserError naming the photo (`names[i]`, else its path or "image i").
+    """
+    if not len(sources):
+        return Batch(np.zeros((0, size, size, 3), np.uint8), [], [])
+    pixels, sizes, previews = [], [], []
+    for i, src in enumerate(sources):
+        name = names[i] if names is not None else _name(src, i)
+        if isinstance(src, np.ndarray):
+            im = _check_pixels(src, name, max_pixels)
+            hw = im.shape[:2]
+            pv = _shrink(im, preview) if preview else None
+        else:
+            with open_photo(src, name, max_pixels, draft=DRAFT_FACTOR * size) as photo:
+                im, (w, h) = photo.rgb(), photo.size
+            hw = (h, w)
+            pv = None
+            if preview:
+                if max(im.shape[:2]) >= min(preview, max(hw)) or im.shape[:2] == hw:
+                    pv = _shrink(im, preview)
+                else:  # the network's reduced decode is smaller than the preview: decode at preview scale
+                    with open_photo(src, name, max_pixels, draft=_preview_draft(hw, preview)) as photo:
+                        pv = _shrink(photo.rgb(), preview)
+        pixels.append(resize_rgb(np.ascontiguousarray(im), size))
+        sizes.append((int(hw[0]), int(hw[1])))
+        previews.append(pv)
+    return Batch(np.stack(pixels), sizes, previews)
+
+
+def _name(src, i: int | None = None) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    return "image" if i is None else f"image {i}"
+
+
+def _check_pixels(im: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
+    if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
+        raise BadInput(f"{name}: {im.dtype} {list(im.shape)}, expected uint8 [H, W, 3] (RGB, channels last)")
+    h, w = im.shape[:2]
+    if h < 1 or w < 1:
+        raise BadInput(f"{name}: image has no pixels ({w}x{h}); send a non-empty image")
+    check_pixel_count(w, h, name, max_pixels)
+    return im
+
+
+def _preview_draft(hw: tuple[int, int], preview: int) -> int:
+    """The short side a draft decode must keep so that the long side stays >= preview / 2."""
+    h, w = hw
+    return max(1, math.ceil(preview / 2 * min(h, w) / max(h, w)))
+
+
+def _shrink(im: np.ndarray, max_side: int) -> np.ndarray:
+    """uint8 HWC with its long side at most `max_side` (area filter; aspect kept)."""
+    h, w = im.shape[:2]
+    if max(h, w) <= max_side:
+        return im
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BOX))
+
+
+def normalize(batch_uint8: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float32 NCHW, value = uint8 / 127.5 - 1 (same float ops as ganseg.images.from_uint8)."""
+    x = np.ascontiguousarray(batch_uint8.transpose(0, 3, 1, 2)).astype(np.float32)
+    x /= np.float32(127.5)
+    x -= np.float32(1.0)
+    return x
+
+
+def check_raw(batch: np.ndarray, name: str, max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
+    """A raw request tensor uint8 [B, H, W, 3] -> B images; UserError on a wrong dtype/shape/size."""
+    batch = np.asarray(batch)
+    if batch.dtype != np.uint8:
+        raise BadInput(f"{name}: dtype {batch.dtype}, expected uint8 RGB; send UINT8 [B, H, W, 3]")
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise BadInput(f"{name}: shape {list(batch.shape)}, expected [B, H, W, 3] (RGB, channels last)")
+    if batch.shape[0] == 0:
+        raise BadInput(f"{name}: empty batch (0 images); send at least one image")
+    return [_check_pixels(im, name, max_pixels) for im in batch]
+
+
+def same_size(sizes: Sequence[tuple[int, int]], name: str) -> tuple[int, int]:
+    """The (H, W) shared by the photos of one request (its MASK output is one [B, H, W] tensor)."""
+    distinct = set(map(tuple, sizes))
+    if len(distinct) != 1:
+        raise BadInput(f"{name}: the {len(sizes)} images of one request have different sizes {sorted(distinct)}; "
+                       f"send one image per request (the server batches requests) or same-size images")
+    return next(iter(distinct))
+
+
+# --------------------------------------------------------------------------------------------
+# post: logits -> label maps (+ overlays)
+
+@dataclass
+class Segmented:
+    """One photo's result."""
+
+    mask: np.ndarray            # uint8 [H, W] class indices at the photo's own size
+    overlay: bytes | None = None  # PNG of the labels over the preview, when a preview was kept
+
+
+def argmax_labels(logits: np.ndarray) -> np.ndarray:
+    """float [N, K, H, W] -> uint8 [N, H, W] (first maximum on ties, as torch.argmax)."""
+    return np.argmax(logits, axis=1).astype(np.uint8)
+
+
+def post(logits: np.ndarray, batch: Batch, palette: np.ndarray | None = None, alpha: float = 0.5) -> list[Segmented]:
+    """Network output (float logits [N, K, S, S], or uint8 labels [N, S, S]) -> one `Segmented` per
+    photo: MASK at the photo's own size; OVERLAY PNG where `batch` kept a preview (needs `palette`)."""
+    labels = argmax_labels(logits) if logits.ndim == 4 else np.asarray(logits, np.uint8)
+    out = []
+    for lab, hw, pv in zip(labels, batch.sizes, batch.previews):
+        png = None
+        if pv is not None:
+            png = overlay_png(pv, resize_labels(lab, pv.shape[:2]), palette, alpha)
+        out.append(Segmented(resize_labels(lab, hw), png))
+    return out
+
+
+def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each output pixel for a nearest resize: floor((i + 0.5) * n_in / n_out),
+    the pixel-centre rule of Pillow's NEAREST, in exact integer arithmetic."""
+    return ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in) // (2 * n_out)
+
+
+def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 [h, w] label map -> [H, W] by nearest neighbour (class indices are never interpolated).
+
+    Index arithmetic, not an image library: upsampling repeats rows/columns (`np.repeat`, a copy
+    per output byte), which at 12 MP is several times faster than a general resampler."""
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    h, w = int(hw[0]), int(hw[1])
+    if labels.shape == (h, w):
+        return labels
+    rows, cols = _nearest_index(h, labels.shape[0]), _nearest_index(w, labels.shape[1])
+    if h >= labels.shape[0] and w >= labels.shape[1]:  # indices are sorted: repeat each source row/column
+        out = np.repeat(labels, np.bincount(rows, minlength=labels.shape[0]), axis=0)
+        return np.repeat(out, np.bincount(cols, minlength=labels.shape[1]), axis=1)
+    return labels[rows][:, cols]
+
+
+def label_png(labels: np.ndarray, palette: np.ndarray, compress_level: int = MASK_PNG_COMPRESSION) -> bytes:
+    """Indexed PNG bytes of a label map: pixel value = class index, colours = palette (looks right in
+    a viewer); fast zlib level by default (a 12 MP mask: ~0.1 s instead of ~1.3 s)."""
+    from ganseg.labels import palette_bytes
+
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    h, w = labels.shape
+    im = Image.frombytes("P", (w, h), labels.tobytes())
+    im.putpalette(palette_bytes(palette))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def overlay_png(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
+                compress_level: int = MASK_PNG_COMPRESSION) -> bytes:
+    """PNG bytes of the colour-coded labels blended over the image (class 0 left clear); the image
+    and labels have the same (preview) size."""
+    ov = overlay(image[None], labels[None], np.asarray(palette, np.uint8), alpha)[0]
+    buf = io.BytesIO()
+    Image.fromarray(ov).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# In-process
+
+class OnnxSegmenter:
+    """The whole pipeline in-process with ONNX Runtime: the reference the served masks must equal,
+    and a server-free segmenter for library callers."""
+
+    def __init__(self, onnx_path: str | Path, threads: int = 1, spec: UNetSpec | None = None):
+        self.path = Path(onnx_path)
+        self.session = ort_session(self.path, threads)
+        if spec is None:
+            spec = UNetSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.spec = spec
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.spec.output_name], {self.spec.input_name: x})[0]
+
+    def run(self, sources: Sequence[Source], names: Sequence[str] | None = None, preview: int = 0,
+            max_pixels: int = MAX_PIXELS, alpha: float = 0.5) -> list[Segmented]:
+        """Photos (bytes, files, uint8 HWC arrays) -> `Segmented` (overlay when preview > 0)."""
+        batch = pre(sources, self.spec.input_size, names=names, max_pixels=max_pixels, preview=preview)
+        if not len(batch):
+            return []
+        return post(self.logits(batch.x), batch, self.spec.palette, alpha)
+
+    def segment(self, sources: Sequence[Source]) -> list[np.ndarray]:
+        """Photos -> uint8 label maps at each photo's own size."""
+        return [r.mask for r in self.run(sources)]

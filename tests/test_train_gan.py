@@ -69,3 +69,64 @@ def test_cli_trains_on_a_folder_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run(cmd + ["--steps", "3", "--resume"], capture_output=True, text=True)
     assert r.returncode == 0 and "resumed at step 2" in r.stdout, r.stderr[-2000:]
+
+
+def test_augmented_step_with_r1_never_uses_grid_sample(tmp_path, monkeypatch):
+    """R1 differentiates twice through DiffAugment; CUDA has no double backward for grid_sample, so
+    the augmentation must not use it (this runs on CPU, where grid_sample would have worked)."""
+    def refuse(*a, **k):
+        raise AssertionError("F.grid_sample called")
+
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", refuse)
+    t = GANTrainer(TrainGANConfig(**TINY), tmp_path)
+    before = [p.clone() for p in t.D.parameters()]
+    logs = t.train_step(images())  # step 0: R1 is due
+    assert "r1" in logs and logs["r1"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.D.parameters()))
+
+
+def test_diff_augment_translation_is_a_shift_with_a_black_border():
+    """Colour off (constant offsets cancel), one image: the output is the input shifted by whole
+    pixels, zero where it came from outside, and a half-size square cut out."""
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 16, 16) + 1  # strictly positive: zeros come only from border and cutout
+    y = diff_augment(x)
+    zero = (y == 0).all(dim=1)[0]
+    assert 16 <= int(zero.sum()) <= 16 * 16 - 1  # at least a corner of the cutout square
+    # double backward works (what R1 needs)
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(diff_augment(x).square().sum(), x, create_graph=True)
+    g.sum().backward()
+    assert x.grad is not None
+
+
+def test_warm_start_from_a_generator_and_discriminator(tmp_path):
+    from ganseg.images import save_png
+    from ganseg.training.train_gan import export_bundle
+
+    src = GANTrainer(TrainGANConfig(**TINY), tmp_path / "src")
+    src.train(images(), steps=1, ckpt_every=100, sample_every=100)
+    g_path, d_path = export_bundle(tmp_path / "src", tmp_path / "bundle", dtype=torch.float32)
+
+    for i, im in enumerate(images().numpy()):
+        save_png(tmp_path / "data" / f"{i:04d}.png", im)
+    base = [sys.executable, "-m", "ganseg.cli", "train-gan", "--batch", "4", "--data", str(tmp_path / "data"),
+            "--device", "cpu", "--steps", "1", "--init", str(g_path), str(d_path)]
+    r = subprocess.run(base + ["--out", str(tmp_path / "warm")], capture_output=True, text=True)
+    assert r.returncode == 0 and "warm start" in r.stdout, r.stderr[-2000:]
+    state = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 1 and len(state["opt_G"]["state"]) > 0  # it trained one step, fresh Adam
+    G0 = load_generator(g_path)
+    moved = [k for k, v in G0.state_dict().items() if not torch.equal(v, state["G"][k])]
+    assert moved and all(torch.allclose(v, state["G"][k], atol=0.05) for k, v in G0.state_dict().items())
+
+    # a flag against the generator, and a discriminator of other widths: refused before any work
+    r = subprocess.run(base + ["--out", str(tmp_path / "x"), "--res", "32"], capture_output=True, text=True)
+    assert r.returncode != 0 and "--res 32" in r.stderr and "Traceback" not in r.stderr
+    other = GANTrainer(TrainGANConfig(**{**TINY, "channels": [16, 16, 16, 8, 8]}), tmp_path / "other")
+    other.save()
+    _, d_other = export_bundle(tmp_path / "other", tmp_path / "other_bundle")
+    r = subprocess.run(base[:-2] + [str(g_path), str(d_other), "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "does not fit generator" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

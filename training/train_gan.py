@@ -1,8 +1,11 @@
 """StyleGAN2 training: non-saturating loss, lazy R1, EMA generator, style mixing, optional
 DiffAugment, bf16 autocast on CUDA. Same code on CPU and CUDA; resumable bit-for-bit.
 
-Every step draws its randomness from `torch.manual_seed(seed + step)`, so a run resumed from a
-checkpoint continues exactly as if it had never stopped (no RNG state to carry around).
+Every step draws its randomness from `torch.manual_seed(seed * 1_000_003 + step)` (the factor keeps
+the streams of runs with neighbouring seeds apart), so a run resumed from a checkpoint continues
+exactly as if it had never stopped (no RNG state to carry around).
+A run may also warm-start from a shipped generator + discriminator (`--init G D`, e.g. the bundled
+default): their weights, a fresh optimizer, and the step count from zero.
 Path-length regularization is left out: it mostly improves latent-space smoothness, which the
 segmentation pipeline does not need, and costs ~30% per step.
 """
@@ -45,6 +48,7 @@ class TrainGANConfig:
     n_images: int = 20000           # size of the rendered training set (procedural domain)
     data: str | None = None         # folder of images instead of the procedural domain
     seed: int = 0
+    init: list[str] = field(default_factory=list)  # [G, D] files this run warm-started from (a record)
 
     def gen_config(self) -> GeneratorConfig:
         return GeneratorConfig(resolution=self.resolution, z_dim=self.z_dim, w_dim=self.w_dim,
@@ -88,32 +92,39 @@ def load_training_images(cfg: TrainGANConfig, cache: Path | None = None) -> torc
 
 
 # --------------------------------------------------------------------------------------------
-# DiffAugment (Zhao et al. 2020): differentiable, applied to real and fake alike
+# DiffAugment (Zhao et al. 2020, mit-han-lab/data-efficient-gans): applied to real and fake alike
 
 def diff_augment(x: torch.Tensor) -> torch.Tensor:
-    n = x.shape[0]
-    dev = x.device
+    """Colour, translation and cutout as the original: arithmetic, a padded gather and a mask.
+
+    Why not `F.grid_sample`: the lazy R1 term differentiates twice through this function, and CUDA
+    has no double backward for grid_sample (pytorch#34704; training died at step 0 on an H200).
+    Indexing and multiplication are differentiable to any order on every device.
+    """
+    n, _, h, w = x.shape
+    dev, dtype = x.device, x.dtype
     # colour: brightness, saturation, contrast
-    x = x + (torch.rand(n, 1, 1, 1, device=dev) - 0.5)
+    x = x + (torch.rand(n, 1, 1, 1, device=dev, dtype=dtype) - 0.5)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=dev) * 2) + mean
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=dev, dtype=dtype) * 2) + mean
     mean = x.mean(dim=[1, 2, 3], keepdim=True)
-    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=dev) + 0.5) + mean
-    # translation by up to 1/8 of the image, zero padded
-    h, w = x.shape[2:]
-    shift = (torch.randint(-(h // 8), h // 8 + 1, (n, 2), device=dev).float() * 2 / torch.tensor([w, h], device=dev))
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    # cutout: one square of half the size per image
-    cy = torch.randint(0, h, (n, 1, 1), device=dev)
-    cx = torch.randint(0, w, (n, 1, 1), device=dev)
-    yy = torch.arange(h, device=dev)[None, :, None]
-    xx = torch.arange(w, device=dev)[None, None, :]
-    mask = ((yy - cy).abs() >= h // 4) | ((xx - cx).abs() >= w // 4)
-    return x * mask[:, None].to(x.dtype)
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, device=dev, dtype=dtype) + 0.5) + mean
+    # translation by up to 1/8 of the image: gather from a 1-pixel zero border; indices clamped to
+    # the border read zeros, so everything shifted in from outside is black
+    sy, sx = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+    ty = torch.randint(-sy, sy + 1, (n, 1, 1), device=dev)
+    tx = torch.randint(-sx, sx + 1, (n, 1, 1), device=dev)
+    yy = (torch.arange(h, device=dev)[None, :, None] + ty + 1).clamp(0, h + 1)
+    xx = (torch.arange(w, device=dev)[None, None, :] + tx + 1).clamp(0, w + 1)
+    bb = torch.arange(n, device=dev)[:, None, None]
+    x = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)[bb, yy, xx].permute(0, 3, 1, 2)
+    # cutout: one zeroed square of half the image size per image, centre anywhere (as the original)
+    ch, cw = h // 2, w // 2
+    cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=dev) - ch // 2
+    cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=dev) - cw // 2
+    ys, xs = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
+    mask = ~((ys >= cy) & (ys < cy + ch) & (xs >= cx) & (xs < cx + cw))
+    return x * mask[:, None].to(dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +181,16 @@ class GANTrainer:
             getattr(self, name).load_state_dict(state[name])
         self.step, self.images_seen = state["step"], state["images_seen"]
         self.wall_seconds = state["wall_seconds"]
+
+    def warm_start(self, G: Generator, D: Discriminator) -> None:
+        """Start G, G_ema and D from shipped weights (e.g. the bundled default); the optimizers stay
+        fresh. A shipped generator is the EMA one, so both G and G_ema begin as it."""
+        if G.cfg != self.G.cfg:
+            from ganseg.errors import BadInput
+
+            raise BadInput(f"--init generator config {G.cfg} differs from this run's {self.G.cfg}")
+        for net, state in ((self.G, G.state_dict()), (self.G_ema, G.state_dict()), (self.D, D.state_dict())):
+            net.load_state_dict({k: v.to(self.device, torch.float32) for k, v in state.items()})
 
     # ---- one step
     def sample_ws(self, n: int) -> torch.Tensor:
@@ -279,11 +300,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = TrainGANConfig()
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.safetensors, samples/)")
-    p.add_argument("--res", type=int, default=d.resolution)
-    p.add_argument("--channels", default=",".join(map(str, d.channels)),
-                   help="widths per resolution from 4x4 up, comma separated")
-    p.add_argument("--z-dim", type=int, default=d.z_dim)
-    p.add_argument("--mapping-layers", type=int, default=d.mapping_layers)
+    # architecture flags default to None so that --init can tell "given" from "default"
+    p.add_argument("--res", type=int, default=None, help=f"resolution (default {d.resolution}; --init: the generator's)")
+    p.add_argument("--channels", default=None,
+                   help=f"widths per resolution from 4x4 up, comma separated (default {','.join(map(str, d.channels))})")
+    p.add_argument("--z-dim", type=int, default=None, help=f"z = w width (default {d.z_dim})")
+    p.add_argument("--mapping-layers", type=int, default=None, help=f"(default {d.mapping_layers})")
     p.add_argument("--batch", type=positive_int, default=d.batch)
     p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--augment", choices=["diffaug", "none"], default=d.augment)
@@ -294,17 +316,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt-every", type=positive_int, default=500)
     p.add_argument("--sample-every", type=positive_int, default=1000)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init", nargs=2, metavar=("G", "D"), default=None,
+                   help="warm-start from a generator + discriminator .safetensors (e.g. ganseg/weights/"
+                        "default_{generator,discriminator}.safetensors): their weights, a fresh optimizer; "
+                        "the architecture comes from G")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (1 avoids OpenMP spin contention beside other jobs)")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainGANConfig:
-    channels = [int(c) for c in args.channels.split(",")]
-    return TrainGANConfig(resolution=args.res, channels=channels, z_dim=args.z_dim, w_dim=args.z_dim,
-                          mapping_layers=args.mapping_layers, batch=args.batch, lr=args.lr,
-                          augment=args.augment, n_images=args.n_images, data=args.data, seed=args.seed)
+def config_from_args(args: argparse.Namespace, init: GeneratorConfig | None = None) -> TrainGANConfig:
+    """The run's config from the flags; architecture flags left out come from `init` (a warm
+    start's generator config, see `load_init`) or else from the defaults."""
+    d = TrainGANConfig()
+    base = init or d.gen_config()
+    channels = [int(c) for c in args.channels.split(",")] if args.channels else list(base.channels)
+    return TrainGANConfig(resolution=args.res or base.resolution, channels=channels,
+                          z_dim=args.z_dim or base.z_dim, w_dim=args.z_dim or base.w_dim,
+                          mapping_layers=args.mapping_layers or base.mapping_layers, batch=args.batch,
+                          lr=args.lr, augment=args.augment, n_images=args.n_images, data=args.data,
+                          seed=args.seed, init=[str(p) for p in args.init] if args.init else [])
+
+
+def load_init(args: argparse.Namespace) -> tuple[Generator, Discriminator]:
+    """`--init G D`: the generator and a discriminator that fits it, or a one-line error (a
+    discriminator of other widths, or an architecture flag that contradicts the generator)."""
+    from ganseg.checkpoints import load_generator
+    from ganseg.errors import BadInput
+    from ganseg.invert import load_discriminator
+
+    g_path, d_path = args.init
+    G = load_generator(g_path)
+    D = load_discriminator(d_path)
+    shapes = lambda net: {k: tuple(v.shape) for k, v in net.state_dict().items()}  # noqa: E731
+    if shapes(D) != shapes(Discriminator(G.resolution, G.cfg.channels)):
+        raise BadInput(f"--init: discriminator {d_path} does not fit generator {g_path} (resolution "
+                       f"{G.resolution}, widths {G.cfg.channels}); pass the discriminator trained with it")
+    c = G.cfg
+    have = {"--res": (args.res, c.resolution), "--z-dim": (args.z_dim, c.z_dim),
+            "--mapping-layers": (args.mapping_layers, c.mapping_layers),
+            "--channels": (args.channels, ",".join(map(str, c.channels)))}
+    clash = [f"{k} {given} (it has {theirs})" for k, (given, theirs) in have.items()
+             if given is not None and str(given).replace(" ", "") != str(theirs)]
+    if clash:
+        raise BadInput(f"--init: {'; '.join(clash)} contradicts the generator {g_path}; drop the flag "
+                       f"(the architecture comes from the generator)")
+    own = TrainGANConfig(resolution=c.resolution, channels=list(c.channels), z_dim=c.z_dim, w_dim=c.w_dim,
+                         mapping_layers=c.mapping_layers).gen_config()
+    if own != c:
+        raise BadInput(f"--init: generator {g_path} has settings train-gan does not train ({c}); "
+                       f"warm-start from a ganseg-trained generator")
+    return G, D
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,11 +380,18 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"--data {args.data}: {what}; pass a folder of .png/.jpg training images")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.init and args.resume:
+        raise BadInput("--init and --resume contradict each other: --resume continues OUT/checkpoint.pt, "
+                       "--init starts a new run from G + D; pass one")
+    init = load_init(args) if args.init else None
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, init[0].cfg if init else None)
+        trainer = GANTrainer(cfg, out, args.device)
     except ValueError as exc:  # int() of --channels, or GeneratorConfig's own checks
         raise BadInput(f"--res {args.res} --channels {args.channels}: {exc}") from None
-    trainer = GANTrainer(cfg, out, args.device)
+    if init:
+        trainer.warm_start(*init)
+        print(f"warm start from {args.init[0]} + {args.init[1]} (fresh optimizer)")
     if args.resume:
         if not trainer.ckpt_path.is_file():
             raise MissingFile(f"--resume: no checkpoint at {trainer.ckpt_path}; drop --resume to start anew")

@@ -1,10 +1,14 @@
-"""Output targets checked before any work starts.
+"""Input lists, output names and output targets, checked before any work starts.
 
 Why: every stage writes its results at the end (a trained head, a grid of images, a dataset
 manifest). An `--out` that cannot be written (an existing file where a folder is expected, a folder
 where a file is expected, a read-only or permission-denied place) used to be found only then, after
 minutes of training or inversion, and the work was lost. `check_out_dir` / `check_out_file` prove the
 target writable first and raise a one-line `UserError` naming the argument, the path and the fix.
+
+The commands that segment photos (`ganseg segment`, `ganseg client`) take the same inputs
+(`list_images`: files, and folders expanded to their image files) and name their outputs by one
+rule (`output_names`), so the same command line gives the same files whichever path segments it.
 
 Nothing is created: the check writes (and removes) a probe file in the nearest folder that already
 exists, so it also catches read-only file systems and, unlike `os.access`, tells the truth for root.
@@ -15,7 +19,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from ganseg.errors import BadInput
+from ganseg.errors import BadInput, MissingFile
+
+# what a folder given as input is expanded to (the formats `ganseg.images.decode_rgb` reads)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
+# files ganseg itself writes next to masks: a folder of results given as input again is not re-segmented
+OUTPUT_STEM_ENDINGS = ("_mask", "_overlay")
 
 
 def _nearest_existing(path: Path, arg: str) -> Path:
@@ -104,3 +113,41 @@ def output_names(paths: list[str]) -> list[str]:
             raise BadInput(f"{paths[i]} and {paths[j]} would both be written as {names[i]}_*.png; rename one "
                            f"or process them into different --out folders")
     return names
+
+
+def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """The image files to segment: files as given (any name: their content is checked when read),
+    folders expanded to the image files directly inside them (by suffix, sorted by name; ganseg's
+    own `*_mask.*` / `*_overlay.*` outputs skipped). A missing path or a folder without images is a
+    one-line error before any work."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.stem.endswith(OUTPUT_STEM_ENDINGS))
+            if not found:
+                raise BadInput(f"{p}: the folder holds no image files ({' '.join(IMAGE_SUFFIXES)}); pass image "
+                               f"files or a folder of them")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise MissingFile(f"{p}: no such file or folder; pass image files or folders of images")
+    return out
+
+
+def claim_numbered(folder: str | os.PathLike, stem: str, suffix: str) -> Path:
+    """`folder/stem+suffix`, or `stem-2`, `stem-3`, ... : the first name not taken, created empty
+    with O_EXCL so that two runs writing into one folder at once never get the same name.
+
+    Why: a per-run summary (the `overlays.png` contact sheet) must not overwrite the one an earlier
+    run left in a reused --out folder; the caller then replaces the empty file atomically."""
+    folder = Path(folder)
+    for n in range(1, 100_000):
+        path = folder / f"{stem}{'' if n == 1 else f'-{n}'}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return path
+    raise BadInput(f"{folder}: {stem}-*{suffix} names are used up; choose another --out folder")

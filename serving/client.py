@@ -2,14 +2,24 @@
 
     ganseg client photos/ more.jpg --url 127.0.0.1:8001 --protocol grpc --concurrency 4 --out masks/
 
-Sends each file's bytes as it is (the server decodes: PNG, JPEG, WEBP, BMP, TIFF, GIF, PPM; EXIF
-rotation, 16-bit, alpha), one image per request; the server batches concurrent requests. Writes
-NAME_mask.png (indexed PNG: pixel values are class indices, colours the model's palette) and
-NAME_overlay.png per image and overlays.png (thumbnails of all), atomically, and prints each image's
-latency and a summary.
+Takes the same inputs as `ganseg segment` (`ganseg.paths.list_images`: files, and folders expanded
+to their image files) and names outputs by the same rule (`ganseg.paths.output_names`: a/0000.png
+and b/0000.png become a__0000_* and b__0000_*, never one over the other). Sends each file's bytes
+as it is (the server decodes: PNG, JPEG, WEBP, BMP, TIFF, GIF, PPM; EXIF rotation, 16-bit, alpha),
+one image per request; the server batches concurrent requests. Writes NAME_mask.png (indexed PNG:
+pixel values are class indices, colours the model's palette) and NAME_overlay.png per image,
+atomically, and one contact sheet per run: the first free name of overlays.png, overlays-2.png, ...
+(a reused --out folder keeps earlier runs' sheets; masks of the same NAME are replaced). Prints one
+whole line per image (written under one lock, so concurrent results never mix on the terminal)
+and a summary.
+
+If the server stops during a run, the image in flight says so ("the Triton server ... is
+stopping") rather than Triton's "has no available versions", and the images not yet sent are
+counted, not sent.
 
 `--serve` starts a temporary server on free loopback ports for the run (the bundled default UNet,
-or --repo), then stops it: what `make demo` uses.
+or --repo), then stops it: what `make demo` uses. SIGTERM or Ctrl-C stops that server and its
+Python-backend stubs (`ganseg.serving.server.signals_interrupt`, as `ganseg serve`).
 
 Python API (benchmarks): `segment_files`, `infer_once`, `latency_run` (batch-1 requests at a
 concurrency, p50/p99 and img/s).
@@ -19,9 +29,10 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +40,6 @@ import numpy as np
 
 from ganseg.errors import UserError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 
 
@@ -109,33 +119,6 @@ def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, over
     return r.as_numpy("MASK")[0], (bytes(ov.reshape(-1)[0]) if ov is not None else None)
 
 
-def collect_images(paths: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted); errors before any work."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.stem.endswith(("_mask", "_overlay")))
-            if not found:
-                raise UserError(f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise UserError(f"{p}: no such file or folder; pass image files or folders of images")
-    return out
-
-
-def _unique_stems(files: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for f in files:
-        n = seen.get(f.stem, 0)
-        seen[f.stem] = n + 1
-        stems.append(f.stem if n == 0 else f"{f.stem}-{n + 1}")
-    return stems
-
-
 @dataclass
 class Result:
     path: Path
@@ -143,17 +126,50 @@ class Result:
     mask: np.ndarray | None = None
     overlay: bytes | None = None
     error: str | None = None
+    sent: bool = True  # False: not sent, the server was already stopping
+
+
+def server_stopping(url: str, protocol: str, timeout: float = 2.0) -> bool:
+    """True if the server at `url` is shutting down or gone: not ready, or not answering.
+
+    Why ask: while Triton shuts down it unloads models first, so a request in flight fails with
+    "... has no available versions" or "Server is stopping, scheduler ..." or a refused
+    connection, depending on timing and protocol; readiness (false from the first moment of a
+    shutdown) tells these apart from an error about the image itself."""
+    try:
+        if protocol == "http":
+            c = _module(protocol).InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+            return not c.is_server_ready()
+        c = _module(protocol).InferenceServerClient(url)
+        return not c.is_server_ready(client_timeout=timeout)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - refused, reset, timed out: no server there any more
+        return True
+
+
+def stopping_message(url: str) -> str:
+    return f"not segmented: the Triton server at {url} is stopping (or stopped); rerun when it is back"
 
 
 def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: str = "ganseg_segment",
                   concurrency: int = 1, overlay: bool = True, timeout: float = 60.0,
                   on_result=None) -> list[Result]:
     """Segment files through the server, `concurrency` requests in flight (one client per thread).
-    A bad image becomes a Result with `.error` (the server's message); the rest go on."""
+
+    A bad image becomes a Result with `.error` (the server's message); the rest go on. Once the
+    server is found stopping, the images not yet sent are not sent (`.sent` False, `.error` says
+    why) and `on_result` is not called for them. An interrupt (KeyboardInterrupt, also what
+    SIGTERM raises under `signals_interrupt`) cancels what is queued and is re-raised; results that
+    arrive after it are not reported."""
     connect(url, protocol, model)  # clear error before reading anything
     local = threading.local()
+    stopping = threading.Event()
+    cancelled = threading.Event()
 
     def one(path: Path) -> Result:
+        if stopping.is_set():
+            return Result(path, 0.0, error=stopping_message(url), sent=False)
         if not hasattr(local, "client"):
             local.client = _module(protocol).InferenceServerClient(url)
         data = path.read_bytes()
@@ -163,13 +179,24 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
             res = Result(path, time.perf_counter() - t0, mask, ov)
         except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException and transport errors
             msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+            if stopping.is_set() or server_stopping(url, protocol):
+                stopping.set()
+                msg = stopping_message(url)
             res = Result(path, time.perf_counter() - t0, error=" ".join(str(msg).split()))
-        if on_result:
+        if on_result and not cancelled.is_set():
             on_result(res)
         return res
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        return list(pool.map(one, files))
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        futures = [pool.submit(one, f) for f in files]
+        wait(futures)
+    except BaseException:
+        cancelled.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return [f.result() for f in futures]
 
 
 def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
@@ -248,38 +275,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", default=None, help="--serve: repository to serve (default: the bundled default UNet)")
 
 
+class LinePrinter:
+    """Writes whole lines to a stream, one `write` per line under one lock.
+
+    Why: results arrive on `--concurrency` worker threads; `print` writes the text and the newline
+    as two calls, so two threads' lines could mix on the terminal."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        stream = self.stream or sys.stdout  # looked up per call: follows a redirected sys.stdout
+        with self.lock:
+            stream.write(line + "\n")
+            stream.flush()
+
+
 def run(args: argparse.Namespace) -> int:
-    from ganseg.images import write_atomic
-    from ganseg.serving.transforms import label_png
+    from ganseg.paths import check_out_dir, list_images, output_names
 
     if args.concurrency < 1:
         raise UserError(f"--concurrency must be >= 1, got {args.concurrency}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a folder (created if missing)")
     if args.repo and not args.serve:
         raise UserError("--repo only applies with --serve (otherwise pass --url of a running server)")
-    files = collect_images(args.images)
-    stems = dict(zip(files, _unique_stems(files)))
-    if args.serve:
-        from ganseg.serving.server import TritonServer, default_repository
+    if args.serve and args.url:
+        raise UserError("--serve picks free ports itself; drop --url")
+    out = check_out_dir(args.out)
+    files = list_images(args.images)
+    names = dict(zip(files, output_names(files)))
+    say = LinePrinter()
+    for f, name in names.items():
+        if name != f.stem:
+            say(f"note: {f} -> {name}_mask.png (another input has the same file name)")
+    if not args.serve:
+        return _segment_and_save(args, files, names, args.url or DEFAULT_URLS[args.protocol], out, say)
+    from ganseg.serving.server import TritonServer, default_repository, signals_interrupt
 
-        if args.url:
-            raise UserError("--serve picks free ports itself; drop --url")
+    with signals_interrupt():  # SIGTERM / Ctrl-C: unwind, so the server and its stubs are stopped
         repo = Path(args.repo) if args.repo else default_repository()
         t0 = time.perf_counter()
-        with TritonServer(repo) as server:
-            print(f"started Triton on {repo} in {time.perf_counter() - t0:.1f} s "
-                  f"(HTTP {server.http_url}, gRPC {server.grpc_url})", flush=True)
-            url = server.http_url if args.protocol == "http" else server.grpc_url
-            code = _segment_and_save(args, files, stems, url, out, write_atomic, label_png)
-        print("stopped Triton")
-        return code
-    url = args.url or DEFAULT_URLS[args.protocol]
-    return _segment_and_save(args, files, stems, url, out, write_atomic, label_png)
+        server = TritonServer(repo)
+        try:
+            with server:
+                say(f"started Triton on {repo} in {time.perf_counter() - t0:.1f} s (pid {server.pid}; "
+                    f"HTTP {server.http_url}, gRPC {server.grpc_url})")
+                url = server.http_url if args.protocol == "http" else server.grpc_url
+                code = _segment_and_save(args, files, names, url, out, say)
+        except KeyboardInterrupt:
+            if server.pid is not None:
+                say("interrupted: stopped Triton")
+            raise
+    say("stopped Triton")
+    return code
 
 
-def _segment_and_save(args, files, stems, url, out: Path, write_atomic, label_png) -> int:
+def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str, out: Path, say) -> int:
+    from ganseg.images import write_atomic
+    from ganseg.serving.transforms import label_png
+
     client = connect(url, args.protocol, args.model)
     palette = model_palette(client, args.model, args.protocol)
     if palette is None:
@@ -287,15 +341,16 @@ def _segment_and_save(args, files, stems, url, out: Path, write_atomic, label_pn
     out.mkdir(parents=True, exist_ok=True)
     width = max(len(str(f)) for f in files)
 
-    def on_result(r: Result) -> None:
-        name = stems[r.path]
+    def on_result(r: Result) -> None:  # on a worker thread
+        name = names[r.path]
         if r.error is None:
             write_atomic(out / f"{name}_mask.png", label_png(r.mask, palette))
             if r.overlay is not None:
                 write_atomic(out / f"{name}_overlay.png", r.overlay)
-            print(f"{str(r.path):<{width}}  {r.mask.shape[1]}x{r.mask.shape[0]}  {1e3 * r.latency_s:7.1f} ms", flush=True)
+            say(f"{str(r.path):<{width}}  {r.mask.shape[1]}x{r.mask.shape[0]}  {1e3 * r.latency_s:7.1f} ms  "
+                f"-> {out / (name + '_mask.png')}")
         else:
-            print(f"{str(r.path):<{width}}  ERROR {r.error}", flush=True)
+            say(f"{str(r.path):<{width}}  ERROR {r.error}")
 
     t0 = time.perf_counter()
     results = segment_files(files, url, args.protocol, args.model, args.concurrency,
@@ -303,21 +358,27 @@ def _segment_and_save(args, files, stems, url, out: Path, write_atomic, label_pn
     wall = time.perf_counter() - t0
     ok = [r for r in results if r.error is None]
     s = summarize([r.latency_s for r in ok], wall)
-    failed = len(results) - len(ok)
     if ok:
-        print(f"segmented {len(ok)}/{len(results)} image(s) via {args.protocol}://{url} model {args.model} "
-              f"(concurrency {args.concurrency}): p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
-              f"{s['img_per_s']:.1f} img/s; masks in {out}")
+        say(f"segmented {len(ok)}/{len(results)} image(s) via {args.protocol}://{url} model {args.model} "
+            f"(concurrency {args.concurrency}): p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
+            f"{s['img_per_s']:.1f} img/s; masks in {out}")
     shown = [r for r in ok if r.overlay is not None][:64]
-    if shown:  # one picture of all results, as `ganseg segment` writes (128 px thumbnails)
+    if shown:  # one picture of this run's results, as `ganseg segment` writes (128 px thumbnails)
         import io
 
         from PIL import Image
 
         from ganseg.images import make_grid, save_png
+        from ganseg.paths import claim_numbered
 
         thumbs = [np.asarray(Image.open(io.BytesIO(bytes(r.overlay))).convert("RGB").resize((128, 128))) for r in shown]
-        save_png(out / "overlays.png", make_grid(np.stack(thumbs)))
+        sheet = claim_numbered(out, "overlays", ".png")
+        save_png(sheet, make_grid(np.stack(thumbs)))
+        say(f"contact sheet: {sheet}")
+    unsent = sum(not r.sent for r in results)
+    if unsent:
+        say(f"{unsent} image(s) not sent: {stopping_message(url)}")
+    failed = len(results) - len(ok) - unsent
     if failed:
-        print(f"{failed} image(s) failed (messages above)")
-    return 1 if failed else 0
+        say(f"{failed} image(s) failed (messages above)")
+    return 1 if failed or unsent else 0

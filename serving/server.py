@@ -17,6 +17,7 @@ Why these choices:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -284,6 +285,32 @@ class TritonServer:
                 pass
 
 
+@contextlib.contextmanager
+def signals_interrupt(signals=(signal.SIGINT, signal.SIGTERM)):
+    """While inside (main thread only), the first SIGINT or SIGTERM raises KeyboardInterrupt, so
+    `with TritonServer(...)` / `try: ... finally: server.stop()` unwind and stop the server and its
+    Python-backend stubs; later signals are ignored, so a second one cannot cut that stop short
+    (it is bounded: SIGKILL after STOP_TIMEOUT_S). The previous handlers are restored on exit.
+
+    Why: Python's default SIGTERM ends the process at once, without `finally` blocks, leaving a
+    tritonserver (its own session) and its stubs running; `ganseg serve` and `ganseg client --serve`
+    both start a server and both must take it down with them."""
+    fired = False
+
+    def handler(signum, _frame):
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 # --------------------------------------------------------------------------------------------
 # the bundled default repository
 
@@ -341,37 +368,31 @@ def run(args: argparse.Namespace) -> int:
     repo = Path(args.repo) if args.repo else default_repository()
     server = TritonServer(repo, args.http_port, args.grpc_port, args.metrics_port, log_path=args.log,
                           host=args.host, ready_timeout=args.ready_timeout, log_verbose=args.log_verbose)
-    stop = {"signal": None, "started": False}
-
-    def on_signal(signum, _frame):
-        if not stop["started"]:  # still starting: unwind through start(), which stops the server
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    started = False
+    with signals_interrupt():
         try:
-            server.start()
-        except UserError:
-            if server.log_text():  # the server ran: show why it did not become ready
-                print(f"tritonserver log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr, flush=True)
-            raise
-        stop["started"] = True
-        models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
-        print(f"Triton {repo} ready (pid {server.pid}): HTTP {server.http_url}  gRPC {server.grpc_url}  "
-              f"metrics http://{server.metrics_url}/metrics\nmodels: {', '.join(models)}\n"
-              f"log: {server.log_path}\nCtrl-C stops it.", flush=True)
-        while stop["signal"] is None and server.is_running():
-            time.sleep(0.2)
-        if stop["signal"] is None:
+            try:
+                server.start()
+            except UserError:
+                if server.log_text():  # the server ran: show why it did not become ready
+                    print(f"tritonserver log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr, flush=True)
+                raise
+            started = True
+            models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+            print(f"Triton {repo} ready (pid {server.pid}): HTTP {server.http_url}  gRPC {server.grpc_url}  "
+                  f"metrics http://{server.metrics_url}/metrics\nmodels: {', '.join(models)}\n"
+                  f"log: {server.log_path}\nCtrl-C stops it.", flush=True)
+            while server.is_running():
+                time.sleep(0.2)
             print(f"tritonserver exited unexpectedly (code {server.process.returncode}); log tail:\n"
                   f"{server.log_tail()}", flush=True)
             return 1
-        print("stopping Triton ...", flush=True)
-    finally:
-        code = server.stop()
-        for s, h in old.items():
-            signal.signal(s, h)
+        except KeyboardInterrupt:
+            if not started:  # interrupted while starting: start() has stopped the server already
+                raise
+            print("stopping Triton ...", flush=True)
+        finally:
+            code = server.stop()
     print(f"Triton stopped (exit code {code})")
     if args.log is None and server.log_path is not None:  # a clean stop: the temporary log is not needed
         server.log_path.unlink(missing_ok=True)

@@ -494,7 +494,7 @@ def test_client_cli_writes_masks_and_overlays(server, reference, tmp_path, capsy
     with pytest.raises(UserError, match="not loaded"):
         cli.run(args)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(UserError, match="is an existing file"):
         cli.run(p.parse_args([str(src), "--url", server.grpc_url, "--out", str(tmp_path / "file")]))
 
 

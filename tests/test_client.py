@@ -1,0 +1,239 @@
+"""`ganseg client` (and `ganseg serve`'s shutdown) as a new user meets them, against the REAL Triton
+server (nvidia-pytriton's tritonserver), never a mock.
+
+One module-scoped server on a tiny random 64 px UNet serves every test that needs a running server;
+the two tests that stop a server on purpose start their own. Each test asserts what a user would
+see go wrong: a lost result, a tritonserver left running, mixed lines, Triton's internal error text,
+an overwritten contact sheet, or `segment` and `client` disagreeing on inputs or names.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("tritonclient.grpc")
+
+from ganseg.labels import load_label_png  # noqa: E402
+from ganseg.paths import list_images, output_names  # noqa: E402
+from ganseg.serving import client as cli  # noqa: E402
+from ganseg.serving.server import TritonServer, _group_pids  # noqa: E402
+
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(6 * x + s) + np.cos(5 * y - s) for s in rng.random(3) * 6])
+    return np.clip((base.transpose(1, 2, 0) + 2) * 60 + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_photos(folder: Path, names: list[str], seed: int = 0, size: tuple[int, int] = (48, 40)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, n in enumerate(names):
+        (folder / n).write_bytes(_png(_photo(*size, seed + i)))
+        out.append(folder / n)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory) -> Path:
+    import torch
+
+    from ganseg.labels import CLASS_NAMES
+    from ganseg.unet import UNet, UNetConfig, save_unet
+
+    d = tmp_path_factory.mktemp("client")
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(num_classes=len(CLASS_NAMES), width=8, depth=3)).eval()
+    with torch.no_grad():  # random batch-norm affines: several classes show up in every mask
+        for m in unet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_(0, 1)
+                m.bias.normal_(0, 0.5)
+    save_unet(unet, d / "run" / "unet.safetensors", list(CLASS_NAMES), extra={"resolution": 64})
+    return d / "run"
+
+
+@pytest.fixture(scope="module")
+def repo(unet_run) -> Path:
+    from ganseg.serving.repository import build_repository
+
+    return build_repository(unet_run.parent / "repo", unet=unet_run)
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    with TritonServer(repo, ready_timeout=120) as srv:
+        pgid = srv.pid
+        yield srv
+    assert not _group_pids(pgid), "processes of the server's group were left running"
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def _segment_cli(unet_run: Path, out: Path, *inputs) -> None:
+    from ganseg.cli import main
+
+    assert main(["segment", "--unet", str(unet_run), *map(str, inputs), "--out", str(out)]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+
+def test_same_stem_in_two_folders_gives_two_results_named_as_segment_names_them(server, unet_run, tmp_path,
+                                                                                capsys) -> None:
+    """a/0000.png a/0000-2.png b/0000.png: three results, three masks (it used to write two and
+    report three OK), named exactly as `ganseg segment` names them, and with the same labels."""
+    a = _write_photos(tmp_path / "a", ["0000.png", "0000-2.png"], seed=1)
+    b = _write_photos(tmp_path / "b", ["0000.png"], seed=5)
+    inputs = [a[0], a[1], b[0]]
+    out = tmp_path / "out"
+    assert cli.run(_args(*map(str, inputs), "--url", server.grpc_url, "--out", str(out))) == 0
+    text = capsys.readouterr().out
+    masks = sorted(p.name for p in out.glob("*_mask.png"))
+    assert masks == ["0000-2_mask.png", "a__0000_mask.png", "b__0000_mask.png"]
+    assert "segmented 3/3" in text and f"-> {out / 'a__0000_mask.png'}" in text
+    _segment_cli(unet_run, tmp_path / "seg", *inputs)
+    assert sorted(p.name for p in (tmp_path / "seg").glob("*_mask.png")) == masks
+    for name in masks:  # the served pipeline and `ganseg segment` agree on the labels too
+        served, local = load_label_png(out / name), load_label_png(tmp_path / "seg" / name)
+        assert served.shape == local.shape == (48, 40)
+        assert (served == local).mean() >= 0.999, name
+
+
+def test_segment_and_client_accept_the_same_inputs(server, unet_run, tmp_path, capsys) -> None:
+    """A folder (with a non-image file and earlier outputs in it) works for both commands, and both
+    write the same file names."""
+    photos = tmp_path / "photos"
+    _write_photos(photos, ["x.png", "y.png"], seed=9)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "old_mask.png").write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))  # an earlier output
+    assert [p.name for p in list_images([photos])] == ["x.png", "y.png"]
+    assert cli.run(_args(str(photos), "--url", server.grpc_url, "--out", str(tmp_path / "c"))) == 0
+    _segment_cli(unet_run, tmp_path / "s", photos)
+    listing = {p.name for p in (tmp_path / "c").iterdir()}
+    assert listing == {p.name for p in (tmp_path / "s").iterdir()}
+    assert {"x_mask.png", "y_mask.png", "x_overlay.png", "overlays.png"} <= listing
+    from ganseg.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for bad, msg in ((tmp_path / "missing", "no such file or folder"), (tmp_path / "empty", "no image files")):
+        capsys.readouterr()
+        assert main(["client", str(bad), "--url", server.grpc_url, "--out", str(tmp_path / "c")]) == 2
+        assert msg in capsys.readouterr().err
+        assert main(["segment", "--unet", str(unet_run), str(bad), "--out", str(tmp_path / "s")]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_reused_out_folder_keeps_each_runs_contact_sheet(server, tmp_path, capsys) -> None:
+    photos = _write_photos(tmp_path / "in", ["p.png", "q.png"], seed=20)
+    out = tmp_path / "out"
+    sheets = []
+    for i in range(3):
+        assert cli.run(_args(*map(str, photos[: 1 + i % 2]), "--url", server.grpc_url, "--out", str(out))) == 0
+        sheets.append(re.search(r"contact sheet: (\S+)", capsys.readouterr().out).group(1))
+    assert sheets == [str(out / "overlays.png"), str(out / "overlays-2.png"), str(out / "overlays-3.png")]
+    widths = [Image.open(s).size[0] for s in sheets]
+    assert widths[0] < widths[1] and widths[0] == widths[2]  # each sheet shows its own run (1, 2, 1 images)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp or claim files left over
+
+
+class _WriteRecorder(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.calls.append(s)
+        return super().write(s)
+
+
+def test_concurrent_result_lines_are_written_whole(server, tmp_path, monkeypatch) -> None:
+    """Every line is one write (under one lock), so lines from worker threads cannot mix."""
+    photos = _write_photos(tmp_path / "in", [f"{i:03d}.png" for i in range(24)], seed=40, size=(20, 24))
+    rec = _WriteRecorder()
+    monkeypatch.setattr(sys, "stdout", rec)
+    assert cli.run(_args(str(tmp_path / "in"), "--url", server.grpc_url, "--concurrency", "8",
+                         "--out", str(tmp_path / "out"))) == 0
+    assert rec.calls and all(c.endswith("\n") and c.count("\n") == 1 for c in rec.calls), rec.calls[:5]
+    lines = rec.getvalue().splitlines()
+    result = [ln for ln in lines if ln.startswith(str(tmp_path / "in"))]
+    assert sorted(ln.split()[0] for ln in result) == sorted(map(str, photos))
+    assert all(re.fullmatch(r"\S+\s+24x20\s+[\d.]+ ms\s+-> \S+_mask\.png", ln) for ln in result), result
+
+
+def test_requests_during_a_server_shutdown_say_the_server_is_stopping(repo, tmp_path) -> None:
+    """SIGTERM to the server mid-run: the image in flight says the server is stopping (not Triton's
+    "has no available versions" or a socket error), the rest are counted and not sent."""
+    photos = _write_photos(tmp_path / "in", [f"{i:03d}.png" for i in range(200)], seed=60, size=(16, 16))
+    with TritonServer(repo, ready_timeout=120) as srv:
+        done = []
+
+        def on_result(r: cli.Result) -> None:
+            done.append(r)
+            if len(done) == 3:
+                srv.process.send_signal(signal.SIGTERM)
+
+        results = cli.segment_files(photos, srv.grpc_url, "grpc", concurrency=2, on_result=on_result)
+    assert len(results) == len(photos) and [r.path for r in results] == photos
+    errors = [r for r in results if r.error is not None]
+    assert errors and sum(r.error is None for r in results) >= 3
+    assert all(r.error == cli.stopping_message(srv.grpc_url) for r in errors), {r.error for r in errors}
+    assert any(not r.sent for r in errors)  # once known to be stopping, the rest are not sent
+    assert all(r.sent for r in done)        # and are not reported one by one
+
+
+def test_client_serve_stops_its_server_and_stubs_on_sigterm(repo, tmp_path) -> None:
+    photos = _write_photos(tmp_path / "in", ["0.png"], size=(16, 16))
+    for i in range(1, 400):  # enough work that the run is still going when the signal comes
+        os.link(photos[0], tmp_path / "in" / f"{i}.png")
+    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "client", "--serve", "--repo", str(repo),
+                             str(tmp_path / "in"), "--concurrency", "1", "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines, server_pid = [], None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "started Triton" in line:
+                server_pid = int(line.split("(pid ")[1].split(";")[0])
+            if line.endswith("_mask.png\n"):  # the first result: segmentation is under way
+                break
+        assert server_pid is not None and _group_pids(server_pid), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, "".join(lines) + rest
+        assert "interrupted: stopped Triton" in rest and "interrupted" in rest.splitlines()[-1]
+        assert not _group_pids(server_pid), "tritonserver or a Python-backend stub outlived `ganseg client --serve`"
+        assert len(list((tmp_path / "out").glob("*_mask.png"))) < 400
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_output_names_are_one_rule() -> None:
+    """The rule both commands call (pure: no server)."""
+    assert output_names(["a/0000.png", "a/0000-2.png", "b/0000.png"]) == ["a__0000", "0000-2", "b__0000"]

@@ -38,10 +38,9 @@ import torch
 from ganseg.errors import UserError
 from ganseg.export.onnx_ops import (check_model, check_writable, palette_for, read_metadata, save_model,
                                     set_metadata, sha256_file)
+from ganseg.pipeline import INPUT_NAME, OUTPUT_NAME, ort_session  # noqa: F401 - ort_session: the one session set-up
 
 UNET_ONNX_FORMAT = "ganseg.unet.onnx/1"
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
 NORMALIZATION = {"scale": 1 / 127.5, "offset": -1.0, "layout": "NCHW", "channels": "RGB"}
 DEFAULT_OPSET = 17
 PRECISIONS = ("fp32", "fp16")
@@ -207,17 +206,6 @@ def torch_unet_logits(unet: torch.nn.Module, images_uint8: np.ndarray) -> np.nda
 
     with torch.no_grad():
         return unet.eval()(from_uint8(images_uint8)).numpy()
-
-
-def ort_session(path_or_bytes: str | os.PathLike | bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def unet_parity(onnx_path: str | os.PathLike, unet: torch.nn.Module, images_uint8: np.ndarray) -> dict:

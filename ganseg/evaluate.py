@@ -1,23 +1,17 @@
-"""Segmentation metrics and ReGAN's evaluation protocol on the held-out rendered test split.
+"""Segmentation metrics (confusion matrix, per-class IoU, mIoU), prediction from inversions, and the
+results table, shared by `ganseg eval`, `train-unet`, the export checks and the benchmarks.
 
-Protocol (`ganseg eval`): for k in {1, 5, 10} shots, the shots are the first k images of the
-*train* split (seeds 0..k-1, fixed), rendered with their exact masks, inverted into the GAN, and a
-head of each kind is trained on the inverted latents' features. Test images (the first n of the
-test split) are inverted once; each head segments them from their inversions' features. Scores:
-per-class IoU over all test pixels pooled, and mIoU = mean over the classes.
+Scores: per-class IoU over all pixels pooled, and mIoU = mean over the classes present. ReGAN's
+evaluation protocol itself (`ganseg eval`) trains heads, so it lives with the trainers
+(`ganseg.training.eval_protocol`); this core module imports nothing from training/.
 """
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ganseg.errors import BadInput
-from ganseg.images import make_grid, overlay, save_png, to_uint8, write_atomic
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -61,54 +55,6 @@ def predict_from_inversion(G, head, inv, batch: int = 8) -> torch.Tensor:
     return torch.cat(preds)
 
 
-@dataclass
-class EvalConfig:
-    heads: tuple[str, ...] = ("linear", "mlp", "cnn")
-    shots: tuple[int, ...] = (1, 5, 10)
-    n_test: int = 50
-    invert_steps: int = 200
-    head_steps: int = 600
-
-
-def run_protocol(G, cfg: EvalConfig, D=None, out: Path | None = None) -> dict:
-    from ganseg.faces import render_faces, split_seeds
-    from ganseg.labels import CLASS_NAMES, PALETTE
-    from ganseg.images import from_uint8
-    from ganseg.invert import InvertConfig, invert
-    from ganseg.shots import Shots
-    from ganseg.training.train_head import HeadTrainConfig, train_head
-
-    res = G.resolution
-    inv_cfg = InvertConfig(steps=cfg.invert_steps)
-    test_img, test_lab = render_faces(split_seeds("test", cfg.n_test), resolution=res)
-    test_inv = invert(G, from_uint8(test_img), inv_cfg, D)
-    shot_img, shot_lab = render_faces(split_seeds("train", max(cfg.shots)), resolution=res)
-    shot_inv = invert(G, from_uint8(shot_img), inv_cfg, D)
-    target = torch.from_numpy(test_lab).long()
-    results = {"resolution": res, "n_test": cfg.n_test, "invert_steps": cfg.invert_steps,
-               "head_steps": cfg.head_steps, "classes": list(CLASS_NAMES),
-               "psnr_test_mean": float(test_inv.psnr.mean()), "psnr_shots_mean": float(shot_inv.psnr.mean()),
-               "rows": []}
-    panels = [test_img[:8], to_uint8(test_inv.recon[:8]), overlay(test_img[:8], test_lab[:8], PALETTE)]
-    for k in cfg.shots:
-        shots = Shots(shot_inv.ws[:k], torch.from_numpy(shot_lab[:k]).long(), list(CLASS_NAMES),
-                      noise=[n[:k] for n in shot_inv.noise])
-        for kind in cfg.heads:
-            head = train_head(G, shots, HeadTrainConfig(kind=kind, steps=cfg.head_steps))
-            pred = predict_from_inversion(G, head, test_inv)
-            row = score_row(f"invert+{kind}", k, pred, target, list(CLASS_NAMES))
-            results["rows"].append(row)
-            print(f"{kind:6s} {k:2d}-shot  mIoU {row['miou']:.3f}")
-            if kind == cfg.heads[-1]:
-                panels.append(overlay(test_img[:8], pred[:8].numpy(), PALETTE))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "fewshot_eval.json", (json.dumps(results, indent=1) + "\n").encode())
-        write_atomic(out / "fewshot_eval.md", markdown_table(results).encode())
-        save_png(out / "fewshot_overlays.png", make_grid(np.concatenate(panels), ncols=8))
-    return results
-
-
 def markdown_table(results: dict, shots_header: str = "shots") -> str:
     names = results["classes"]
     head = f"| method | {shots_header} | mIoU | " + " | ".join(names) + " |\n"
@@ -116,50 +62,3 @@ def markdown_table(results: dict, shots_header: str = "shots") -> str:
     rows = "".join(f"| {r['method']} | {r['shots']} | {r['miou']:.3f} | "
                    + " | ".join(f"{r['iou'][n]:.2f}" for n in names) + " |\n" for r in results["rows"])
     return head + rows
-
-
-# --------------------------------------------------------------------------------------------
-# CLI: ganseg eval
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_int
-
-    d = EvalConfig()
-    p.add_argument("--ckpt", default=None, help="generator (default: bundled)")
-    p.add_argument("--heads", default=",".join(d.heads), help="comma-separated head kinds: linear, mlp, cnn")
-    p.add_argument("--shots", default=",".join(map(str, d.shots)), help="comma-separated shot counts")
-    p.add_argument("--n-test", type=positive_int, default=d.n_test, help="held-out test images")
-    p.add_argument("--invert-steps", type=positive_int, default=d.invert_steps)
-    p.add_argument("--head-steps", type=positive_int, default=d.head_steps)
-    p.add_argument("--out", default="benchmarks/results", help="folder for JSON, table and overlays")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ganseg.checkpoints import load_generator
-    from ganseg.invert import default_discriminator_for, load_discriminator
-    from ganseg.paths import check_out_dir
-
-    heads = tuple(h.strip() for h in args.heads.split(","))
-    bad = [h for h in heads if h not in ("linear", "mlp", "cnn")]
-    if bad:
-        raise BadInput(f"--heads {args.heads}: unknown kind(s) {bad}; use linear, mlp and/or cnn, e.g. --heads cnn")
-    try:
-        shots = tuple(int(s) for s in args.shots.split(","))
-    except ValueError:
-        raise BadInput(f"--shots {args.shots}: expected comma-separated integers, e.g. --shots 1,5,10") from None
-    if any(k < 1 for k in shots):
-        raise BadInput(f"--shots {args.shots}: shot counts must be >= 1")
-    from ganseg.faces import split_seeds
-
-    try:  # pure: its ValueErrors are about these counts
-        split_seeds("test", args.n_test), split_seeds("train", max(shots))
-    except ValueError as exc:
-        raise BadInput(f"--n-test {args.n_test} / --shots {args.shots}: {exc}; pass smaller counts") from None
-    out = check_out_dir(args.out)
-    G = load_generator(args.ckpt)
-    D = load_discriminator(default_discriminator_for(args.ckpt))
-    cfg = EvalConfig(heads=heads, shots=shots, n_test=args.n_test, invert_steps=args.invert_steps,
-                     head_steps=args.head_steps)
-    results = run_protocol(G, cfg, D, out)
-    print(markdown_table(results))
-    return 0

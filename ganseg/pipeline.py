@@ -50,7 +50,7 @@ from ganseg.images import MAX_PIXELS, check_pixel_count, open_photo, overlay, re
 
 __all__ = [
     "MAX_PIXELS", "PREVIEW_MAX_SIDE", "MASK_PNG_COMPRESSION", "INPUT_NAME", "OUTPUT_NAME", "IMAGE", "MASK",
-    "OVERLAY", "UNetSpec", "Batch", "Segmented", "check_photo", "pre", "post", "normalize", "argmax_labels",
+    "OVERLAY", "UNetSpec", "Batch", "Segmented", "check_photo", "pre", "post", "shrink", "normalize", "argmax_labels",
     "resize_labels", "label_png", "overlay_png", "ort_session", "check_raw", "same_size", "OnnxSegmenter",
 ]
 
@@ -178,7 +178,7 @@ def pre(sources: Sequence[Source], size: int, *, names: Sequence[str] | None = N
         if isinstance(src, np.ndarray):
             im = _check_pixels(src, name, max_pixels)
             hw = im.shape[:2]
-            pv = _shrink(im, preview) if preview else None
+            pv = shrink(im, preview) if preview else None
         else:
             with open_photo(src, name, max_pixels, draft=DRAFT_FACTOR * size) as photo:
                 im, (w, h) = photo.rgb(), photo.size
@@ -186,10 +186,10 @@ def pre(sources: Sequence[Source], size: int, *, names: Sequence[str] | None = N
             pv = None
             if preview:
                 if max(im.shape[:2]) >= min(preview, max(hw)) or im.shape[:2] == hw:
-                    pv = _shrink(im, preview)
+                    pv = shrink(im, preview)
                 else:  # the network's reduced decode is smaller than the preview: decode at preview scale
                     with open_photo(src, name, max_pixels, draft=_preview_draft(hw, preview)) as photo:
-                        pv = _shrink(photo.rgb(), preview)
+                        pv = shrink(photo.rgb(), preview)
         pixels.append(resize_rgb(np.ascontiguousarray(im), size))
         sizes.append((int(hw[0]), int(hw[1])))
         previews.append(pv)
@@ -218,8 +218,8 @@ def _preview_draft(hw: tuple[int, int], preview: int) -> int:
     return max(1, math.ceil(preview / 2 * min(h, w) / max(h, w)))
 
 
-def _shrink(im: np.ndarray, max_side: int) -> np.ndarray:
-    """uint8 HWC with its long side at most `max_side` (area filter; aspect kept)."""
+def shrink(im: np.ndarray, max_side: int) -> np.ndarray:
+    """uint8 HWC with its long side at most `max_side` (area filter; aspect kept): an overlay preview."""
     h, w = im.shape[:2]
     if max(h, w) <= max_side:
         return im

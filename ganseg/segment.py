@@ -15,8 +15,14 @@ padded: every pixel gets a label, and parts keep their place; strongly non-squar
 about 4:3) segment worse, as the models only saw square images. Crop to the subject first for
 best results.
 
-Outputs in --out: NAME_mask.png (indexed PNG, pixel = class index, at the image's size),
-NAME_overlay.png, and overlays.png (128 px thumbnails of all). NAME is the image's file name
+Photos are read through `ganseg.pipeline` (the served code): JPEGs decode at reduced DCT scale when
+much larger than the working size, one size limit (`ganseg.pipeline.MAX_PIXELS`, 64 MP) is checked
+from each header before any work.
+
+Outputs in --out: NAME_mask.png (indexed PNG, pixel = class index, at the image's size; fast zlib
+level), NAME_overlay.png (a preview: long side <= 1024 px), and overlays.png (128 px thumbnails of
+all; overlays-2.png, ... in a reused folder). Inputs are files or folders of images (the same rule
+as `ganseg client`, `ganseg.paths.list_images`). NAME is the image's file name
 without extension. Two inputs with the same name (a/0000.png, b/0000.png) never overwrite each
 other: the clashing ones are named by their path below their common folder, `a__0000`, `b__0000`
 (`0000_png`, `0000_jpg` for the same stem in one folder), and the mapping is printed; the same file
@@ -26,13 +32,15 @@ any work starts; a bad file is named in a one-line error and nothing is written.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ganseg.errors import BadInput
-from ganseg.images import make_grid, overlay, save_png
+from ganseg.images import make_grid, save_png, write_atomic
+from ganseg.pipeline import PREVIEW_MAX_SIDE, Batch, Segmented, post, pre, shrink
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,67 +60,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
 
 
-def resize_labels(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A label map to (height, width) with nearest-neighbour (class indices stay class indices)."""
-    if label.shape[:2] == tuple(hw):
-        return label
-    return np.asarray(Image.fromarray(label).resize((hw[1], hw[0]), Image.Resampling.NEAREST))
+def segment_images_unet(unet, paths: list[str], batch: int = 16, palette: np.ndarray | None = None,
+                        preview: int = PREVIEW_MAX_SIDE) -> list[Segmented]:
+    """One `Segmented` per photo (mask at its own size, overlay PNG at preview size when preview > 0).
 
-
-def segment_images_unet(unet, paths: list[str], batch: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(images uint8 HWC at their own size, label maps uint8 HW at the same size)."""
+    The same steps as the Triton models (`ganseg.pipeline.pre` / `post`), with the PyTorch UNet in
+    the middle. A UNet without a recorded training size segments each photo at its own size."""
     from ganseg.images import load_rgb
-    from ganseg.unet import labels_to_sizes, segment_with_unet, to_input_batch
+    from ganseg.unet import segment_with_unet
 
     size = unet.meta.get("resolution")
-    originals = [load_rgb(p) for p in paths]  # all read (and checked) before any work
-    labels = []
-    for i in range(0, len(paths), batch):
-        chunk = originals[i: i + batch]
-        if size:  # the same steps as the Triton models (ganseg.serving.transforms)
-            pred = segment_with_unet(unet, to_input_batch(chunk, size), batch)
-            labels += labels_to_sizes(pred, [im.shape[:2] for im in chunk])
-        else:  # no recorded training size: segment at the image's own size
-            labels += [segment_with_unet(unet, im[None], 1)[0] for im in chunk]
-    return originals, labels
+    if size:
+        photos = pre(paths, int(size), preview=preview)  # all read (and checked) before any work
+        return post(segment_with_unet(unet, photos.pixels, batch), photos, palette)
+    originals = [load_rgb(p) for p in paths]  # no recorded training size: segment at the image's own size
+    labels = [segment_with_unet(unet, im[None], 1)[0] for im in originals]
+    return [post(lab[None], Batch(im[None], [lab.shape], [shrink(im, preview) if preview else None]), palette)[0]
+            for im, lab in zip(originals, labels)]
 
 
 def segment_images_invert(G, head, paths: list[str], invert_steps: int = 200, batch: int = 16, D=None,
-                          head_name: str = "the head"):
-    """(images uint8 HWC at their own size, label maps uint8 HW at the same size, inversion).
+                          head_name: str = "the head", palette: np.ndarray | None = None,
+                          preview: int = PREVIEW_MAX_SIDE):
+    """(one `Segmented` per photo, as `segment_images_unet`; the inversion).
 
     Refuses a head made for another generator before inverting anything.
     """
     from ganseg.evaluate import predict_from_inversion
-    from ganseg.images import from_uint8, load_rgb, resize_rgb
+    from ganseg.images import from_uint8
     from ganseg.invert import InvertConfig, invert
     from ganseg.synthesize import check_head_fits
 
     check_head_fits(G, head, head_name)
-    originals = [load_rgb(p) for p in paths]  # all read (and checked) before any work
-    target = from_uint8(np.stack([resize_rgb(im, G.resolution) for im in originals]))
-    inv = invert(G, target, InvertConfig(steps=invert_steps, batch=batch), D)
+    photos = pre(paths, G.resolution, preview=preview)  # all read (and checked) before any work
+    inv = invert(G, from_uint8(photos.pixels), InvertConfig(steps=invert_steps, batch=batch), D)
     pred = predict_from_inversion(G, head, inv).cpu().numpy().astype(np.uint8)
-    labels = [resize_labels(lab, im.shape[:2]) for lab, im in zip(pred, originals)]
-    return originals, labels, inv
+    return post(pred, photos, palette), inv
 
 
 def run(args: argparse.Namespace) -> int:
     from ganseg.labels import palette_for, save_label_png
-    from ganseg.paths import check_out_dir, output_names
+    from ganseg.paths import check_out_dir, claim_numbered, list_images, output_names
 
+    palette = palette_for(256)  # ganseg's colours first, then distinct ones: any class count
     method = args.method or ("invert" if args.head and not args.unet else "unet")
     if method == "invert" and not args.head:
         raise BadInput("--method invert needs --head (a `ganseg train-head` file); or pass --unet RUN to "
                        "segment with a distilled UNet")
     out = check_out_dir(args.out)
-    names = output_names(args.images)
+    paths = [str(p) for p in list_images(args.images)]
+    names = output_names(paths)
     if method == "unet":
         from ganseg.unet import load_unet
 
         unet = load_unet(args.unet)
-        images, labels = segment_images_unet(unet, args.images, args.batch)
-        summary = f"segmented {len(images)} image(s) with the UNet"
+        results = segment_images_unet(unet, paths, args.batch, palette)
+        summary = f"segmented {len(results)} image(s) with the UNet"
     else:
         from ganseg.checkpoints import load_generator
         from ganseg.heads import load_head
@@ -121,17 +124,19 @@ def run(args: argparse.Namespace) -> int:
         G = load_generator(args.ckpt)
         head = load_head(args.head)
         D = load_discriminator(default_discriminator_for(args.ckpt))
-        images, labels, inv = segment_images_invert(G, head, args.images, args.invert_steps, args.batch, D,
-                                                    f"--head {args.head}")
-        summary = f"segmented {len(labels)} image(s) (mean inversion PSNR {float(inv.psnr.mean()):.2f} dB)"
-    palette = palette_for(max(10, 1 + max(int(lab.max()) for lab in labels)))  # any class count
-    shown = [overlay(im[None], lab[None], palette)[0] for im, lab in zip(images, labels)]
-    thumbs = np.stack([np.asarray(Image.fromarray(s).resize((128, 128))) for s in shown])
-    for path, name, lab, ov in zip(args.images, names, labels, shown):
+        results, inv = segment_images_invert(G, head, paths, args.invert_steps, args.batch, D,
+                                             f"--head {args.head}", palette)
+        summary = f"segmented {len(results)} image(s) (mean inversion PSNR {float(inv.psnr.mean()):.2f} dB)"
+    thumbs = []
+    for path, name, r in zip(paths, names, results):
         if name != Path(path).stem:
             print(f"note: {path} -> {name}_mask.png (another input has the same file name)")
-        save_label_png(out / f"{name}_mask.png", lab)
-        save_png(out / f"{name}_overlay.png", ov)
-    save_png(out / "overlays.png", make_grid(thumbs))
-    print(f"{summary}: {out}")
+        save_label_png(out / f"{name}_mask.png", r.mask, palette)
+        write_atomic(out / f"{name}_overlay.png", r.overlay)
+        ov = np.asarray(Image.open(io.BytesIO(r.overlay)).convert("RGB"))
+        thumbs.append(np.asarray(Image.fromarray(ov).resize((128, 128), Image.Resampling.BOX)))
+    sheet = claim_numbered(out, "overlays", ".png")
+    save_png(sheet, make_grid(np.stack(thumbs)))
+    print(f"{summary}: {out}/NAME_mask.png (indexed PNG, pixel = class index, at each image's size), "
+          f"NAME_overlay.png (long side <= {PREVIEW_MAX_SIDE} px), {sheet.name}")
     return 0

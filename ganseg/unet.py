@@ -136,12 +136,3 @@ def load_unet(path: str | os.PathLike | None = None, device: str | torch.device 
     unet.class_names = names
     unet.meta = {k: v for k, v in meta.items() if k not in ("format", "unet_config")}
     return unet.eval().to(device)
-
-
-# --------------------------------------------------------------------------------------------
-# Photo pre/post-processing around the UNet, shared by `ganseg segment` and the Triton server:
-# resize each photo to the UNet's training size (`ganseg.images.resize_rgb`), and the label maps
-# back to each photo's own size (NEAREST). Defined in the torch-free ganseg.serving.transforms
-# because every Triton Python-backend process imports them (torch there would cost 5-8 s and
-# ~230 MB per process); re-exported here so the library has one place to find them.
-from ganseg.serving.transforms import labels_to_sizes, to_input_batch  # noqa: E402,F401

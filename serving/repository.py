@@ -30,7 +30,8 @@ from pathlib import Path
 
 from ganseg.errors import UserError
 from ganseg.images import write_atomic
-from ganseg.serving.transforms import SERVER_MAX_PIXELS, UNetSpec
+from ganseg import pipeline as P
+from ganseg.pipeline import UNetSpec
 
 TARGETS = ("cpu", "onnxruntime-gpu", "tensorrt")
 PIPELINES = ("bls", "ensemble", "both")
@@ -60,11 +61,13 @@ class ServingConfig:
     instances: int = 2              # instances of each Python entry/pre/post model (2: see docs/serving.md)
     unet_instances: int = 1         # instances of ganseg_unet (each a process with its own ORT session)
     ort_threads: int = 1            # ONNX Runtime intra-op threads per ganseg_unet instance
-    max_pixels: int = SERVER_MAX_PIXELS
+    max_pixels: int = P.MAX_PIXELS   # the one photo-size limit (ganseg.pipeline.MAX_PIXELS)
     overlay_alpha: float = 0.5
+    overlay_max_side: int = P.PREVIEW_MAX_SIDE  # OVERLAY's long side (a request parameter overrides it)
 
     def check(self) -> None:
-        for name in ("max_batch", "unet_max_batch", "instances", "unet_instances", "ort_threads", "max_pixels"):
+        for name in ("max_batch", "unet_max_batch", "instances", "unet_instances", "ort_threads", "max_pixels",
+                     "overlay_max_side"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("queue_delay_us", "unet_queue_delay_us"):
@@ -78,122 +81,141 @@ class ServingConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# config.pbtxt text
+# config.pbtxt: built as Triton's own ModelConfig protobuf (tritonclient ships model_config_pb2),
+# written with protobuf's text_format, so every field name and enum is checked by the schema
 
-def _q(s: str) -> str:
-    return json.dumps(str(s))  # protobuf text strings accept JSON's escapes
+def _model_config():
+    from tritonclient.grpc import model_config_pb2
 
-
-def _dims(d: list[int]) -> str:
-    return "[ " + ", ".join(str(int(x)) for x in d) + " ]"
-
-
-def _tensor(name: str, dtype: str, dims: list[int], ragged: bool = False) -> str:
-    extra = " allow_ragged_batch: true" if ragged else ""
-    return f"  {{ name: {_q(name)} data_type: {dtype} dims: {_dims(dims)}{extra} }}"
+    return model_config_pb2
 
 
-def _io(kind: str, tensors: list[str]) -> str:
-    return f"{kind} [\n" + ",\n".join(tensors) + "\n]\n"
+def _new(name: str, max_batch: int, backend: str = "", platform: str = ""):
+    mc = _model_config()
+    return mc.ModelConfig(name=name, backend=backend, platform=platform, max_batch_size=int(max_batch))
 
 
-def _params(params: dict[str, str]) -> str:
-    return "".join(f"parameters {{ key: {_q(k)} value: {{ string_value: {_q(v)} }} }}\n" for k, v in params.items())
+def _tensor(repeated, name: str, dtype: str, dims: list[int], ragged: bool = False) -> None:
+    mc = _model_config()
+    t = repeated.add(name=name, data_type=mc.DataType.Value(dtype), dims=[int(d) for d in dims])
+    if ragged:  # an input field only (ModelOutput has none)
+        t.allow_ragged_batch = True
 
 
-def _batching(preferred: list[int], delay_us: int) -> str:
-    pref = f"  preferred_batch_size: {_dims(sorted(set(preferred)))}\n" if preferred else ""
-    return f"dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {int(delay_us)}\n}}\n"
+def _params(config, params: dict[str, str]) -> None:
+    for k, v in params.items():
+        config.parameters[k].string_value = str(v)
 
 
-def _instances(count: int, kind: str = "KIND_CPU") -> str:
-    return f"instance_group [ {{ count: {int(count)} kind: {kind} }} ]\n"
+def _batching(config, preferred: list[int], delay_us: int) -> None:
+    config.dynamic_batching.SetInParent()  # present even when every field keeps its default
+    config.dynamic_batching.preferred_batch_size.extend(sorted(set(preferred)))
+    config.dynamic_batching.max_queue_delay_microseconds = int(delay_us)
 
 
-def _header(name: str, backend_or_platform: str, max_batch: int) -> str:
-    return f"name: {_q(name)}\n{backend_or_platform}\nmax_batch_size: {int(max_batch)}\n"
+def _instances(config, count: int, kind: str = "KIND_CPU") -> None:
+    mc = _model_config()
+    config.instance_group.add(count=int(count), kind=mc.ModelInstanceGroup.Kind.Value(kind))
 
 
-def _image_input(kind: str) -> str:
+def _text(config) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def _image_input(config, kind: str) -> None:
     if kind == "bytes":
-        return _tensor("IMAGE", "TYPE_STRING", [1])
-    return _tensor("IMAGE", "TYPE_UINT8", [-1, -1, 3], ragged=True)
+        _tensor(config.input, P.IMAGE, "TYPE_STRING", [1])
+    else:
+        _tensor(config.input, P.IMAGE, "TYPE_UINT8", [-1, -1, 3], ragged=True)
 
 
-def _entry_outputs() -> str:
-    return _io("output", [_tensor("MASK", "TYPE_UINT8", [-1, -1]), _tensor("OVERLAY", "TYPE_STRING", [1])])
+def _entry_outputs(config) -> None:
+    _tensor(config.output, P.MASK, "TYPE_UINT8", [-1, -1])
+    _tensor(config.output, P.OVERLAY, "TYPE_STRING", [1])
 
 
 def _common_params(spec: UNetSpec, cfg: ServingConfig, kind: str) -> dict[str, str]:
     return {"input_kind": kind, **spec.to_parameters(), "max_pixels": str(cfg.max_pixels),
-            "overlay_alpha": str(cfg.overlay_alpha)}
+            "overlay_alpha": str(cfg.overlay_alpha), "overlay_max_side": str(cfg.overlay_max_side)}
 
 
 def unet_config(spec: UNetSpec, cfg: ServingConfig, target: str, precision: str = "fp32") -> str:
     s, k = spec.input_size, spec.num_classes
-    io_ = (_io("input", [_tensor("image", "TYPE_FP32", [3, s, s])])
-           + _io("output", [_tensor("logits", "TYPE_FP32", [k, s, s])]))
-    batching = _batching([], cfg.unet_queue_delay_us)
     if target == "cpu":
-        return (_header(UNET, 'backend: "python"', cfg.unet_max_batch) + io_
-                + _instances(cfg.unet_instances) + batching
-                + _params({"onnx_file": "model.onnx", "ort_threads": str(cfg.ort_threads)}))
-    if target == "onnxruntime-gpu":
-        trt_precision = "FP16" if precision == "fp16" else "FP32"
-        return (_header(UNET, 'platform: "onnxruntime_onnx"', cfg.unet_max_batch)
-                + 'default_model_filename: "model.onnx"\n' + io_
-                + _instances(cfg.unet_instances, "KIND_GPU") + batching
-                + "optimization { execution_accelerators {\n"
-                + "  gpu_execution_accelerator : [ {\n    name : \"tensorrt\"\n"
-                + f"    parameters {{ key: \"precision_mode\" value: \"{trt_precision}\" }}\n"
-                + "    parameters { key: \"max_workspace_size_bytes\" value: \"1073741824\" }\n"
-                + "    parameters { key: \"trt_engine_cache_enable\" value: \"true\" }\n  } ]\n} }\n")
-    if target == "tensorrt":
-        return (_header(UNET, 'platform: "tensorrt_plan"', cfg.unet_max_batch)
-                + 'default_model_filename: "model.plan"\n' + io_
-                + _instances(cfg.unet_instances, "KIND_GPU") + batching)
-    raise UserError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+        c = _new(UNET, cfg.unet_max_batch, backend="python")
+    elif target == "onnxruntime-gpu":
+        c = _new(UNET, cfg.unet_max_batch, platform="onnxruntime_onnx")
+        c.default_model_filename = "model.onnx"
+    elif target == "tensorrt":
+        c = _new(UNET, cfg.unet_max_batch, platform="tensorrt_plan")
+        c.default_model_filename = "model.plan"
+    else:
+        raise UserError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+    _tensor(c.input, P.INPUT_NAME, "TYPE_FP32", [3, s, s])
+    _tensor(c.output, P.OUTPUT_NAME, "TYPE_FP32", [k, s, s])
+    _instances(c, cfg.unet_instances, "KIND_CPU" if target == "cpu" else "KIND_GPU")
+    _batching(c, [], cfg.unet_queue_delay_us)
+    if target == "cpu":
+        _params(c, {"onnx_file": "model.onnx", "ort_threads": str(cfg.ort_threads)})
+    elif target == "onnxruntime-gpu":
+        acc = c.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = "FP16" if precision == "fp16" else "FP32"
+        acc.parameters["max_workspace_size_bytes"] = "1073741824"
+        acc.parameters["trt_engine_cache_enable"] = "true"
+    return _text(c)
 
 
 def bls_config(name: str, kind: str, spec: UNetSpec, cfg: ServingConfig) -> str:
-    return (_header(name, 'backend: "python"', cfg.max_batch)
-            + _io("input", [_image_input(kind)]) + _entry_outputs()
-            + _instances(cfg.instances) + _batching(cfg.preferred_batch, cfg.queue_delay_us)
-            + _params({**_common_params(spec, cfg, kind), "unet_model": UNET,
-                       "unet_max_batch": str(cfg.unet_max_batch)}))
+    c = _new(name, cfg.max_batch, backend="python")
+    _image_input(c, kind)
+    _entry_outputs(c)
+    _instances(c, cfg.instances)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
+    _params(c, {**_common_params(spec, cfg, kind), "unet_model": UNET, "unet_max_batch": str(cfg.unet_max_batch)})
+    return _text(c)
 
 
 def pre_config(kind: str, spec: UNetSpec, cfg: ServingConfig) -> str:
     s = spec.input_size
-    return (_header(PRE[kind], 'backend: "python"', cfg.max_batch)
-            + _io("input", [_image_input(kind)])
-            + _io("output", [_tensor("image", "TYPE_FP32", [3, s, s]), _tensor("original", "TYPE_UINT8", [-1, -1, 3])])
-            + _instances(cfg.instances) + _batching(cfg.preferred_batch, cfg.queue_delay_us)
-            + _params(_common_params(spec, cfg, kind)))
+    c = _new(PRE[kind], cfg.max_batch, backend="python")
+    _image_input(c, kind)
+    _tensor(c.output, P.INPUT_NAME, "TYPE_FP32", [3, s, s])
+    _tensor(c.output, "size", "TYPE_INT32", [2])
+    _tensor(c.output, "preview", "TYPE_UINT8", [-1, -1, 3])
+    _instances(c, cfg.instances)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
+    _params(c, _common_params(spec, cfg, kind))
+    return _text(c)
 
 
 def post_config(spec: UNetSpec, cfg: ServingConfig) -> str:
     s, k = spec.input_size, spec.num_classes
-    return (_header(POST, 'backend: "python"', cfg.max_batch)
-            + _io("input", [_tensor("logits", "TYPE_FP32", [k, s, s]),
-                            _tensor("original", "TYPE_UINT8", [-1, -1, 3], ragged=True)])
-            + _entry_outputs()
-            + _instances(cfg.instances) + _batching(cfg.preferred_batch, cfg.queue_delay_us)
-            + _params(_common_params(spec, cfg, "bytes")))
+    c = _new(POST, cfg.max_batch, backend="python")
+    _tensor(c.input, P.OUTPUT_NAME, "TYPE_FP32", [k, s, s])
+    _tensor(c.input, "size", "TYPE_INT32", [2])
+    _tensor(c.input, "preview", "TYPE_UINT8", [-1, -1, 3], ragged=True)
+    _entry_outputs(c)
+    _instances(c, cfg.instances)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
+    _params(c, _common_params(spec, cfg, "bytes"))
+    return _text(c)
 
 
 def ensemble_config(name: str, kind: str, cfg: ServingConfig) -> str:
-    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
-        maps = "".join(f"      input_map {{ key: {_q(k)} value: {_q(v)} }}\n" for k, v in inputs.items())
-        maps += "".join(f"      output_map {{ key: {_q(k)} value: {_q(v)} }}\n" for k, v in outputs.items())
-        return f"    {{\n      model_name: {_q(model)}\n      model_version: -1\n{maps}    }}"
-
-    steps = [step(PRE[kind], {"IMAGE": "IMAGE"}, {"image": "pre_image", "original": "pre_original"}),
-             step(UNET, {"image": "pre_image"}, {"logits": "unet_logits"}),
-             step(POST, {"logits": "unet_logits", "original": "pre_original"}, {"MASK": "MASK", "OVERLAY": "OVERLAY"})]
-    return (_header(name, 'platform: "ensemble"', cfg.max_batch)
-            + _io("input", [_image_input(kind)]) + _entry_outputs()
-            + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n")
+    c = _new(name, cfg.max_batch, platform="ensemble")
+    _image_input(c, kind)
+    _entry_outputs(c)
+    steps = [(PRE[kind], {P.IMAGE: P.IMAGE}, {P.INPUT_NAME: "pre_image", "size": "pre_size", "preview": "pre_preview"}),
+             (UNET, {P.INPUT_NAME: "pre_image"}, {P.OUTPUT_NAME: "unet_logits"}),
+             (POST, {P.OUTPUT_NAME: "unet_logits", "size": "pre_size", "preview": "pre_preview"},
+              {P.MASK: P.MASK, P.OVERLAY: P.OVERLAY})]
+    for model, inputs, outputs in steps:
+        step = c.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    return _text(c)
 
 
 def repository_files(spec: UNetSpec, cfg: ServingConfig, target: str = "cpu", pipeline: str = "bls",
@@ -320,6 +342,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unet-instances", type=int, default=d.unet_instances, help="instances of ganseg_unet")
     p.add_argument("--ort-threads", type=int, default=d.ort_threads, help="ONNX Runtime threads per UNet instance")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest photo accepted (pixels)")
+    p.add_argument("--overlay-max-side", type=int, default=d.overlay_max_side,
+                   help="long side of the OVERLAY preview (requests may override it)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -327,7 +351,8 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                          preferred_batch=list(args.preferred_batch), queue_delay_us=args.queue_delay_us,
                          unet_queue_delay_us=args.unet_queue_delay_us,
                          instances=args.instances, unet_instances=args.unet_instances,
-                         ort_threads=args.ort_threads, max_pixels=args.max_pixels)
+                         ort_threads=args.ort_threads, max_pixels=args.max_pixels,
+                         overlay_max_side=args.overlay_max_side)
 
 
 def run(args: argparse.Namespace) -> int:

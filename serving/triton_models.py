@@ -1,18 +1,26 @@
-"""The Triton Python-backend models (`TritonPythonModel` classes) of ganseg's model repository.
+"""The Triton Python-backend models (`TritonPythonModel` classes) of ganseg's model repository:
+thin adapters between Triton's request objects and `ganseg.pipeline`.
 
 Each `model_repository/<name>/1/model.py` is one line that imports a class from here, so the code
 is versioned, tested and installed with ganseg. Only these classes need Triton's
 `triton_python_backend_utils` (imported lazily, inside the stub process); the processing itself is
-`ganseg.serving.transforms` (numpy + Pillow, no torch).
+`ganseg.pipeline` (numpy + Pillow + ONNX Runtime, no torch), the same code `ganseg segment --unet`,
+`OnnxSegmenter` and the in-process benchmark run.
 
 Models (docs/serving.md has the public interface):
 - `UNetOnnx`   -> `ganseg_unet`: `image` FP32 [3,S,S] -> `logits` FP32 [K,S,S], ONNX Runtime on CPU,
   one `session.run` per dynamic batch. On GPU servers the same name is served by Triton's
   onnxruntime or TensorRT backend instead (generated configs), with the same tensors.
 - `SegmentBLS` -> `ganseg_segment` (IMAGE BYTES) / `ganseg_segment_raw` (IMAGE UINT8 [H,W,3]):
-  decode + resize every request of the dynamic batch, ONE call to `ganseg_unet` for all of them,
-  argmax + resize back to each photo's own size, optional OVERLAY PNG.
-- `Preprocess` / `Postprocess`: the same steps split for the ensemble variant (pre -> UNet -> post).
+  `pipeline.pre` for every request of the dynamic batch, ONE call to `ganseg_unet` for all of them,
+  `pipeline.post` per request.
+- `Preprocess` / `Postprocess`: the same steps split for the ensemble variant (pre -> UNet -> post);
+  between them travel the network batch, each photo's own size and the overlay preview (at most
+  `overlay_max_side` on its long side), never the full-size photo.
+
+Outputs: MASK is the raw UINT8 label map at the photo's own size. OVERLAY (PNG) is computed only when
+the request lists it in its requested outputs, at a preview whose long side is at most
+`overlay_max_side` (request parameter, else model parameter, default `pipeline.PREVIEW_MAX_SIDE`).
 
 Error policy: `execute` returns exactly one response per request and never raises. A request with
 bad data (corrupt/truncated/empty bytes, a bomb, too many pixels, an empty batch, mixed sizes)
@@ -27,8 +35,8 @@ import traceback
 
 import numpy as np
 
-from ganseg.errors import UserError
-from ganseg.serving import transforms as T
+from ganseg import pipeline as P
+from ganseg.errors import BadInput, UserError
 
 
 def _pb():
@@ -65,7 +73,7 @@ class _Base:
         self.model_config = json.loads(args["model_config"])
         self.model_name = args.get("model_name", self.model_config.get("name", "?"))
         self.params = _parameters(self.model_config)
-        self.max_pixels = int(self.params.get("max_pixels", T.SERVER_MAX_PIXELS))
+        self.max_pixels = int(self.params.get("max_pixels", P.MAX_PIXELS))
         self.setup(args)
 
     def setup(self, args: dict) -> None:  # pragma: no cover - overridden
@@ -81,14 +89,8 @@ class UNetOnnx(_Base):
     def setup(self, args: dict) -> None:
         import os
 
-        import onnxruntime as ort
-
         path = os.path.join(args["model_repository"], args["model_version"], self.params.get("onnx_file", "model.onnx"))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(self.params.get("ort_threads", "1")))
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = P.ort_session(path, int(self.params.get("ort_threads", "1")))
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         # one warm-up run at the configured shape, so the first request does not pay ORT's lazy setup
@@ -98,7 +100,7 @@ class UNetOnnx(_Base):
     def execute(self, requests):
         pb = _pb()
         try:
-            xs = [pb.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
+            xs = [pb.get_input_tensor_by_name(r, P.INPUT_NAME).as_numpy() for r in requests]
             counts = [len(x) for x in xs]
             logits = self.session.run([self.output_name], {self.input_name: np.concatenate(xs)})[0]
         except Exception:  # noqa: BLE001 - execute must answer every request, never raise
@@ -106,7 +108,7 @@ class UNetOnnx(_Base):
             return [_error(f"{self.model_name}: inference failed ({msg})", invalid_arg=False) for _ in requests]
         out, start = [], 0
         for n in counts:
-            out.append(pb.InferenceResponse(output_tensors=[pb.Tensor("logits", logits[start:start + n])]))
+            out.append(pb.InferenceResponse(output_tensors=[pb.Tensor(P.OUTPUT_NAME, logits[start:start + n])]))
             start += n
         return out
 
@@ -115,32 +117,55 @@ class _Images(_Base):
     """Reading one request's IMAGE input: BYTES (encoded files) or UINT8 [B,H,W,3] (raw pixels)."""
 
     def setup(self, args: dict) -> None:
-        self.spec = T.UNetSpec.from_parameters(self.params)
+        self.spec = P.UNetSpec.from_parameters(self.params)
         self.raw = self.params.get("input_kind", "bytes") == "raw"
         self.alpha = float(self.params.get("overlay_alpha", "0.5"))
+        self.overlay_max_side = int(self.params.get("overlay_max_side", str(P.PREVIEW_MAX_SIDE)))
         self.more_setup(args)
 
     def more_setup(self, args: dict) -> None:
         pass
 
-    def read_images(self, request) -> list[np.ndarray]:
-        pb = _pb()
-        x = pb.get_input_tensor_by_name(request, "IMAGE").as_numpy()
-        name = f"{self.model_name} IMAGE"
-        if self.raw:
-            images = T.check_raw(x, name, self.max_pixels)
-        else:
-            images = T.decode_items(x, name, self.max_pixels)
-        T.same_size(images, name)
-        return images
+    # Whether a request wants OVERLAY: BLS models see the request's requested outputs; the ensemble's
+    # pre step cannot (Triton asks every step for all its outputs, server issue #1201), so there
+    # OVERLAY is made unless the request parameter overlay_max_side is 0.
+    sees_requested_outputs = True
 
-    def responses_for(self, request, images, labels) -> object:
-        """MASK [B,H,W] (+ OVERLAY [B,1] PNG bytes when requested) for one request."""
+    def preview_side(self, request) -> int:
+        """Long side of the OVERLAY preview, 0 for no OVERLAY: the request's `overlay_max_side`
+        parameter, else the model's."""
+        if self.sees_requested_outputs and P.OVERLAY not in request.requested_output_names():
+            return 0
+        side = json.loads(request.parameters() or "{}").get("overlay_max_side", self.overlay_max_side)
+        if isinstance(side, bool) or not str(side).isdigit():
+            raise BadInput(f"{self.model_name}: request parameter overlay_max_side={side!r}; "
+                           f"send a positive integer (0: no OVERLAY)")
+        return int(side)
+
+    def read(self, request) -> P.Batch:
+        """The request's photos through `pipeline.pre` (UserError naming the item on bad data)."""
         pb = _pb()
-        tensors = [pb.Tensor("MASK", np.stack(labels))]
-        if "OVERLAY" in request.requested_output_names():
-            pngs = [T.overlay_png(im, lab, self.spec.palette, self.alpha) for im, lab in zip(images, labels)]
-            tensors.append(pb.Tensor("OVERLAY", np.array(pngs, dtype=object).reshape(-1, 1)))
+        x = pb.get_input_tensor_by_name(request, P.IMAGE).as_numpy()
+        name = f"{self.model_name} {P.IMAGE}"
+        preview = self.preview_side(request)
+        if self.raw:
+            items = P.check_raw(x, name, self.max_pixels)
+        else:
+            items = [bytes(d.encode("latin-1", "replace") if isinstance(d, str) else d)  # a client that sent text
+                     for d in np.asarray(x, dtype=object).reshape(-1)]
+            if not items:
+                raise BadInput(f"{name}: empty batch (0 images); send at least one encoded image")
+        names = [name if len(items) == 1 else f"{name} item {i}" for i in range(len(items))]
+        batch = P.pre(items, self.spec.input_size, names=names, max_pixels=self.max_pixels, preview=preview)
+        P.same_size(batch.sizes, name)
+        return batch
+
+    def response(self, results: list[P.Segmented]):
+        """MASK [B,H,W] (+ OVERLAY [B,1] PNG bytes when they were made, i.e. requested) for one request."""
+        pb = _pb()
+        tensors = [pb.Tensor(P.MASK, np.stack([r.mask for r in results]))]
+        if results[0].overlay is not None:
+            tensors.append(pb.Tensor(P.OVERLAY, np.array([r.overlay for r in results], dtype=object).reshape(-1, 1)))
         return pb.InferenceResponse(output_tensors=tensors)
 
 
@@ -157,34 +182,32 @@ class SegmentBLS(_Images):
         pb = _pb()
         outs = []
         for i in range(0, len(x), self.unet_max_batch):
-            req = pb.InferenceRequest(model_name=self.unet_model, requested_output_names=["logits"],
-                                      inputs=[pb.Tensor("image", x[i:i + self.unet_max_batch])])
+            req = pb.InferenceRequest(model_name=self.unet_model, requested_output_names=[P.OUTPUT_NAME],
+                                      inputs=[pb.Tensor(P.INPUT_NAME, x[i:i + self.unet_max_batch])])
             resp = req.exec()
             if resp.has_error():
                 raise RuntimeError(f"{self.unet_model}: {resp.error().message()}")
-            outs.append(pb.get_output_tensor_by_name(resp, "logits").as_numpy())
+            outs.append(pb.get_output_tensor_by_name(resp, P.OUTPUT_NAME).as_numpy())
         return np.concatenate(outs)
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        good: list[tuple[int, list[np.ndarray]]] = []
+        good: list[tuple[int, P.Batch]] = []
         for i, r in enumerate(requests):
             try:
-                good.append((i, self.read_images(r)))
+                good.append((i, self.read(r)))
             except UserError as exc:
                 responses[i] = _error(str(exc))
             except Exception:  # noqa: BLE001 - one request's failure must not fail the batch
                 responses[i] = _error(f"{self.model_name}: cannot read IMAGE ({_log_bug('read')})", invalid_arg=False)
         if good:
             try:
-                flat = [im for _, ims in good for im in ims]
-                x = T.normalize(T.to_input_batch(flat, self.spec.input_size))
-                labels = T.argmax_labels(self._unet(x))
+                logits = self._unet(np.concatenate([b.x for _, b in good]))
                 start = 0
-                for i, ims in good:
-                    labs = T.labels_to_sizes(labels[start:start + len(ims)], [im.shape[:2] for im in ims])
-                    start += len(ims)
-                    responses[i] = self.responses_for(requests[i], ims, labs)
+                for i, batch in good:
+                    results = P.post(logits[start:start + len(batch)], batch, self.spec.palette, self.alpha)
+                    start += len(batch)
+                    responses[i] = self.response(results)
             except Exception:  # noqa: BLE001 - answer every request even on a bug; logged with traceback
                 msg = _log_bug(f"{self.model_name} execute")
                 for i, _ in good:
@@ -194,17 +217,22 @@ class SegmentBLS(_Images):
 
 
 class Preprocess(_Images):
-    """Ensemble step 1: IMAGE -> `image` FP32 [B,3,S,S] + `original` UINT8 [B,H,W,3]."""
+    """Ensemble step 1: IMAGE -> `image` FP32 [B,3,S,S] + `size` INT32 [B,2] (each photo's own H, W)
+    + `preview` UINT8 [B,h,w,3] (the overlay background; [B,0,0,3] when overlay_max_side is 0)."""
+
+    sees_requested_outputs = False
 
     def execute(self, requests):
         pb = _pb()
         out = []
         for r in requests:
             try:
-                images = self.read_images(r)
-                x = T.normalize(T.to_input_batch(images, self.spec.input_size))
-                out.append(pb.InferenceResponse(output_tensors=[pb.Tensor("image", x),
-                                                                pb.Tensor("original", np.stack(images))]))
+                batch = self.read(r)
+                pv = batch.previews
+                preview = np.stack(pv) if pv[0] is not None else np.zeros((len(batch), 0, 0, 3), np.uint8)
+                out.append(pb.InferenceResponse(output_tensors=[
+                    pb.Tensor(P.INPUT_NAME, batch.x), pb.Tensor("size", np.asarray(batch.sizes, np.int32)),
+                    pb.Tensor("preview", preview)]))
             except UserError as exc:
                 out.append(_error(str(exc)))
             except Exception:  # noqa: BLE001
@@ -213,17 +241,19 @@ class Preprocess(_Images):
 
 
 class Postprocess(_Images):
-    """Ensemble step 3: `logits` + `original` -> MASK (+ OVERLAY)."""
+    """Ensemble step 3: `logits` + `size` + `preview` -> MASK (+ OVERLAY when a preview came along)."""
 
     def execute(self, requests):
         pb = _pb()
         out = []
         for r in requests:
             try:
-                logits = pb.get_input_tensor_by_name(r, "logits").as_numpy()
-                images = list(pb.get_input_tensor_by_name(r, "original").as_numpy())
-                labels = T.labels_to_sizes(T.argmax_labels(logits), [im.shape[:2] for im in images])
-                out.append(self.responses_for(r, images, labels))
+                logits = pb.get_input_tensor_by_name(r, P.OUTPUT_NAME).as_numpy()
+                sizes = [(int(h), int(w)) for h, w in pb.get_input_tensor_by_name(r, "size").as_numpy()]
+                pv = pb.get_input_tensor_by_name(r, "preview").as_numpy()
+                previews = list(pv) if pv.shape[1] > 0 else [None] * len(sizes)
+                batch = P.Batch(np.zeros((len(sizes), 0, 0, 3), np.uint8), sizes, previews)
+                out.append(self.response(P.post(logits, batch, self.spec.palette, self.alpha)))
             except Exception:  # noqa: BLE001
                 out.append(_error(f"{self.model_name}: postprocessing failed ({_log_bug('post')})", invalid_arg=False))
         return out

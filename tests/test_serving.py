@@ -28,7 +28,7 @@ from PIL import Image
 
 from ganseg.errors import UserError
 from ganseg.images import decode_rgb, overlay
-from ganseg.serving import transforms as T
+from ganseg import pipeline as P
 from ganseg.serving.repository import ServingConfig, build_repository, repository_files
 from ganseg.serving.server import TritonServer, _group_pids
 
@@ -128,8 +128,8 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(repo) -> T.OnnxSegmenter:
-    return T.OnnxSegmenter(repo / "ganseg_unet" / "1" / "model.onnx")
+def reference(repo) -> P.OnnxSegmenter:
+    return P.OnnxSegmenter(repo / "ganseg_unet" / "1" / "model.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -149,48 +149,55 @@ def clients(server):
 # --------------------------------------------------------------------------------------------
 # without a server
 
-def test_transforms_match_the_cli_path() -> None:
+def _config(path: Path):
+    """A written config.pbtxt parsed back into Triton's ModelConfig protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+
+
+def test_pipeline_matches_the_torch_normalization() -> None:
     import torch  # noqa: F401 - from_uint8 is the torch reference of the normalization
 
     from ganseg.images import from_uint8, resize_rgb
-    from ganseg.unet import labels_to_sizes, to_input_batch
 
     imgs = [_photo(50, 70, 1), _photo(64, 64, 2), _photo(130, 40, 3)]
-    batch = to_input_batch(imgs, 32)
-    assert batch.shape == (3, 32, 32, 3) and batch.dtype == np.uint8
-    assert np.array_equal(batch[0], resize_rgb(imgs[0], 32))
-    assert np.array_equal(T.normalize(batch), from_uint8(batch).numpy())  # bit-identical to the torch path
-    labels = np.random.default_rng(0).integers(0, 10, (3, 32, 32)).astype(np.uint8)
-    back = labels_to_sizes(labels, [im.shape[:2] for im in imgs])
+    batch = P.pre(imgs, 32)
+    assert batch.pixels.shape == (3, 32, 32, 3) and batch.pixels.dtype == np.uint8
+    assert batch.sizes == [(50, 70), (64, 64), (130, 40)] and batch.previews == [None] * 3
+    assert np.array_equal(batch.pixels[0], resize_rgb(imgs[0], 32))
+    assert np.array_equal(batch.x, from_uint8(batch.pixels).numpy())  # bit-identical to the torch path
+    logits = np.random.default_rng(1).normal(size=(3, 10, 32, 32)).astype(np.float32)
+    assert np.array_equal(P.argmax_labels(logits), torch.from_numpy(logits).argmax(1).numpy())
+    back = [r.mask for r in P.post(logits, batch)]
     assert [b.shape for b in back] == [(50, 70), (64, 64), (130, 40)]
-    assert set(np.unique(back[0])) <= set(np.unique(labels[0]))  # NEAREST: no new label values
-    assert np.array_equal(labels_to_sizes(labels[:1], [(32, 32)])[0], labels[0])
-    logits = np.random.default_rng(1).normal(size=(2, 10, 8, 8)).astype(np.float32)
-    assert np.array_equal(T.argmax_labels(logits), torch.from_numpy(logits).argmax(1).numpy())
+    labels = P.argmax_labels(logits)
+    assert set(np.unique(back[0])) <= set(np.unique(labels[0]))  # nearest: no new label values
+    assert np.array_equal(P.resize_labels(labels[0], (32, 32)), labels[0])
 
 
 def test_request_checks_raise_user_errors() -> None:
     good = _png(_photo(20, 30, 0))
-    assert [im.shape for im in T.decode_items(np.array([[good]], dtype=object), "x")] == [(20, 30, 3)]
-    for bad, what in ((np.zeros((0, 1), dtype=object), "empty batch"), (np.array([[b""]], dtype=object), "empty"),
-                      (np.array([[b"GIF89a garbage"]], dtype=object), "not a readable image")):
+    assert P.pre([good], 16, names=["x"]).sizes == [(20, 30)]
+    for bad, what in ((b"", "empty"), (b"GIF89a garbage", "not a readable image")):
         with pytest.raises(UserError, match=what):
-            T.decode_items(bad, "IMAGE")
+            P.pre([bad], 16, names=["IMAGE"])
     with pytest.raises(UserError, match="above the limit"):
-        T.decode_items(np.array([[_grey_png(200, 200)]], dtype=object), "IMAGE", max_pixels=10_000)
+        P.pre([_grey_png(200, 200)], 16, names=["IMAGE"], max_pixels=10_000)
     with pytest.raises(UserError, match="different sizes"):
-        T.same_size([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8)], "IMAGE")
+        P.same_size([(4, 4), (4, 5)], "IMAGE")
     with pytest.raises(UserError, match="dtype"):
-        T.check_raw(np.zeros((1, 4, 4, 3), np.float32), "IMAGE")
+        P.check_raw(np.zeros((1, 4, 4, 3), np.float32), "IMAGE")
     with pytest.raises(UserError, match="shape"):
-        T.check_raw(np.zeros((1, 4, 4, 4), np.uint8), "IMAGE")
+        P.check_raw(np.zeros((1, 4, 4, 4), np.uint8), "IMAGE")
     with pytest.raises(UserError, match="empty batch"):
-        T.check_raw(np.zeros((0, 4, 4, 3), np.uint8), "IMAGE")
+        P.check_raw(np.zeros((0, 4, 4, 3), np.uint8), "IMAGE")
 
 
 def test_served_code_imports_without_torch() -> None:
     """Every Python-backend process imports these; torch there would cost seconds and ~230 MB each."""
-    code = ("import sys, ganseg.serving.triton_models, ganseg.serving.transforms, ganseg.serving.server; "
+    code = ("import sys, ganseg.serving.triton_models, ganseg.pipeline, ganseg.serving.server; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -202,10 +209,10 @@ def test_export_triton_cli(repo, tmp_path, capsys) -> None:
     assert main(["export", "triton", "--onnx", str(onnx), "--repo", str(tmp_path / "r"), "--max-batch", "4",
                  "--preferred-batch", "2", "4", "--ort-threads", "3", "--unet-instances", "2"]) == 0
     assert "ganseg serve --repo" in capsys.readouterr().out
-    unet = (tmp_path / "r" / "ganseg_unet" / "config.pbtxt").read_text()
-    assert "count: 2 kind: KIND_CPU" in unet and '"ort_threads" value: { string_value: "3" }' in unet
-    seg = (tmp_path / "r" / "ganseg_segment" / "config.pbtxt").read_text()
-    assert "max_batch_size: 4" in seg and "preferred_batch_size: [ 2, 4 ]" in seg
+    unet = _config(tmp_path / "r" / "ganseg_unet" / "config.pbtxt")
+    assert unet.instance_group[0].count == 2 and unet.parameters["ort_threads"].string_value == "3"
+    seg = _config(tmp_path / "r" / "ganseg_segment" / "config.pbtxt")
+    assert seg.max_batch_size == 4 and list(seg.dynamic_batching.preferred_batch_size) == [2, 4]
     assert main(["export", "triton", "--onnx", str(onnx), "--repo", str(tmp_path / "r"), "--preferred-batch", "16"]) == 2
     assert "--preferred-batch" in capsys.readouterr().err
 
@@ -214,15 +221,16 @@ def test_repository_configs_from_onnx_metadata(repo) -> None:
     from ganseg.export.onnx_export import read_metadata
 
     meta = read_metadata(repo / "ganseg_unet" / "1" / "model.onnx")
-    seg = (repo / "ganseg_segment" / "config.pbtxt").read_text()
-    unet = (repo / "ganseg_unet" / "config.pbtxt").read_text()
-    assert f"dims: [ 3, {meta['input_size']}, {meta['input_size']} ]" in unet
-    assert f"dims: [ {len(meta['class_names'])}, {meta['input_size']}, {meta['input_size']} ]" in unet
-    assert json.dumps(json.dumps(meta["class_names"])) in seg and json.dumps(json.dumps(meta["palette"])) in seg
-    assert f"max_batch_size: {MAX_BATCH}" in seg and "dynamic_batching" in seg
-    raw = (repo / "ganseg_segment_raw" / "config.pbtxt").read_text()
-    assert "TYPE_UINT8 dims: [ -1, -1, 3 ] allow_ragged_batch: true" in raw
-    assert 'platform: "ensemble"' in (repo / "ganseg_segment_ensemble" / "config.pbtxt").read_text()
+    seg, unet = _config(repo / "ganseg_segment" / "config.pbtxt"), _config(repo / "ganseg_unet" / "config.pbtxt")
+    s = meta["input_size"]
+    assert list(unet.input[0].dims) == [3, s, s] and list(unet.output[0].dims) == [len(meta["class_names"]), s, s]
+    assert json.loads(seg.parameters["class_names"].string_value) == meta["class_names"]
+    assert json.loads(seg.parameters["palette"].string_value) == meta["palette"]
+    assert seg.max_batch_size == MAX_BATCH and seg.HasField("dynamic_batching")
+    assert int(seg.parameters["max_pixels"].string_value) == P.MAX_PIXELS
+    raw = _config(repo / "ganseg_segment_raw" / "config.pbtxt")
+    assert list(raw.input[0].dims) == [-1, -1, 3] and raw.input[0].allow_ragged_batch
+    assert _config(repo / "ganseg_segment_ensemble" / "config.pbtxt").platform == "ensemble"
     assert (repo / "ganseg_unet" / "1" / "model.py").read_text().count("UNetOnnx") == 2
     rec = json.loads((repo / "ganseg_repository.json").read_text())
     assert rec["pipeline"] == "both" and rec["input_size"] == meta["input_size"]
@@ -231,16 +239,18 @@ def test_repository_configs_from_onnx_metadata(repo) -> None:
 def test_gpu_targets_and_repo_errors(repo, tmp_path) -> None:
     onnx = repo / "ganseg_unet" / "1" / "model.onnx"
     gpu = build_repository(tmp_path / "gpu", onnx=onnx, target="onnxruntime-gpu")
-    cfg = (gpu / "ganseg_unet" / "config.pbtxt").read_text()
-    assert 'platform: "onnxruntime_onnx"' in cfg and "KIND_GPU" in cfg and 'name : "tensorrt"' in cfg
+    cfg = _config(gpu / "ganseg_unet" / "config.pbtxt")
+    assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    assert cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
     assert (gpu / "ganseg_unet" / "1" / "model.onnx").is_file() and not (gpu / "ganseg_unet" / "1" / "model.py").exists()
-    assert "KIND_CPU" in (gpu / "ganseg_segment" / "config.pbtxt").read_text()  # entry models stay Python on CPU
+    seg = _config(gpu / "ganseg_segment" / "config.pbtxt")
+    assert seg.instance_group[0].kind == seg.instance_group[0].KIND_CPU  # entry models stay Python on CPU
     with pytest.raises(UserError, match="--plan"):
         build_repository(tmp_path / "trt", onnx=onnx, target="tensorrt")
     plan = tmp_path / "unet.plan"
     plan.write_bytes(b"engine bytes")
     trt = build_repository(tmp_path / "trt", onnx=onnx, target="tensorrt", plan=plan)
-    assert 'platform: "tensorrt_plan"' in (trt / "ganseg_unet" / "config.pbtxt").read_text()
+    assert _config(trt / "ganseg_unet" / "config.pbtxt").platform == "tensorrt_plan"
     assert sorted(p.name for p in (trt / "ganseg_unet" / "1").iterdir()) == ["model.plan"]
     # switching the pipeline removes the other pipeline's models (Triton would load them)
     ens = build_repository(tmp_path / "gpu", onnx=onnx, target="cpu", pipeline="ensemble")
@@ -265,7 +275,7 @@ def test_committed_model_repository_is_what_export_writes() -> None:
     unet = load_unet()
     from ganseg.export.onnx_ops import palette_for
 
-    spec = T.UNetSpec(input_size=int(unet.meta["resolution"]), class_names=list(unet.class_names),
+    spec = P.UNetSpec(input_size=int(unet.meta["resolution"]), class_names=list(unet.class_names),
                       palette=np.asarray(palette_for(unet.cfg.num_classes), np.uint8), size_multiple=2 ** unet.cfg.depth)
     want = repository_files(spec, ServingConfig())
     for rel, text in want.items():

@@ -45,11 +45,6 @@ void accumulate_t(ResampleArgs const& a, void* out, cudaStream_t stream) {
     resample_accumulate_kernel<T><<<grid_for(a, a.batch * chunks), kThreadsPerBlock, 0, stream>>>(a, static_cast<T*>(out));
 }
 
-template <typename T>
-void label_t(ResampleArgs const& a, uint8_t* labels, float* confidence, cudaStream_t stream) {
-    resample_label_kernel<T><<<grid_for(a, a.batch), kThreadsPerBlock, 0, stream>>>(a, labels, confidence);
-}
-
 }  // namespace
 
 cudaError_t launch_resample_accumulate(ResampleArgs const& a, void* out, cudaStream_t stream) {
@@ -59,19 +54,6 @@ cudaError_t launch_resample_accumulate(ResampleArgs const& a, void* out, cudaStr
     case DType::kFloat32: accumulate_t<float>(a, out, stream); break;
     case DType::kFloat16: accumulate_t<__half>(a, out, stream); break;
     case DType::kBFloat16: accumulate_t<__nv_bfloat16>(a, out, stream); break;
-    }
-    return cudaGetLastError();
-}
-
-cudaError_t launch_resample_label(ResampleArgs const& a, uint8_t* labels, float* confidence, cudaStream_t stream) {
-    if (check_args(a, true) != nullptr || ((labels == nullptr || confidence == nullptr) && a.batch > 0)) {
-        return cudaErrorInvalidValue;
-    }
-    if (a.batch == 0) return cudaSuccess;
-    switch (a.dtype) {
-    case DType::kFloat32: label_t<float>(a, labels, confidence, stream); break;
-    case DType::kFloat16: label_t<__half>(a, labels, confidence, stream); break;
-    case DType::kBFloat16: label_t<__nv_bfloat16>(a, labels, confidence, stream); break;
     }
     return cudaGetLastError();
 }

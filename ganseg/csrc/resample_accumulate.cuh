@@ -1,10 +1,10 @@
 // Device (and host-emulatable) code of the resample-accumulate kernels: index math, per-pixel
-// accumulation, the two kernels. Plain CUDA C++: no torch and no TensorRT headers.
+// accumulation, the kernel. Plain CUDA C++: no torch and no TensorRT headers.
 //
 // Every function the kernels use per pixel is __host__ __device__, so the test suite compiles a
 // host program against this very header and checks its results against ganseg.ops.resize on a
 // machine without a GPU (tests/csrc/resample_host_check.cu); only the thread-to-pixel mapping in
-// the two __global__ functions below is untested there.
+// the __global__ function below is untested there.
 //
 // Index math follows PyTorch exactly (ATen UpSample.h / AdaptiveAveragePooling):
 //   bilinear, align_corners=False: src = max(in/out * (dst + 0.5) - 0.5, 0)
@@ -34,9 +34,8 @@ namespace ganseg {
 constexpr int32_t kChannelsPerThread = 8;  // K-chunk a thread accumulates (coordinates computed once)
 constexpr int32_t kThreadsPerBlock = 256;
 // __launch_bounds__ minimum blocks per SM: 4 caps the accumulate kernel at 64 registers (50%
-// occupancy, 8-12 bytes of spill); the label kernel keeps its online softmax state too, 3 (80).
+// occupancy, 8-12 bytes of spill).
 constexpr int32_t kMinBlocksPerSM = 4;
-constexpr int32_t kMinBlocksPerSMLabel = 3;
 
 // ---- element conversion: everything is accumulated in fp32 -----------------------------------
 GANSEG_HD float to_float(float v) { return v; }
@@ -159,33 +158,6 @@ GANSEG_UNROLL
     }
 }
 
-// Label + confidence of pixel (n, y, x): argmax over all K (first on ties) and max softmax prob,
-// by an online softmax (running max m, running sum s of exp(v - m)); nothing K-sized is stored.
-template <typename T>
-GANSEG_HD void label_pixel(ResampleArgs const& a, int32_t n, int32_t y, int32_t x, uint8_t& label, float& confidence) {
-    float m = -INFINITY;
-    float s = 0.f;
-    int32_t best = 0;
-    for (int32_t k0 = 0; k0 < a.channels; k0 += kChannelsPerThread) {
-        float v[kChannelsPerThread];
-        accumulate_pixel<T, kChannelsPerThread>(a, n, k0, y, x, v);
-GANSEG_UNROLL
-        for (int c = 0; c < kChannelsPerThread; ++c) {
-            if (k0 + c < a.channels) {
-                if (v[c] > m) {
-                    s = s * expf(m - v[c]) + 1.f;
-                    m = v[c];
-                    best = k0 + c;
-                } else {
-                    s += expf(v[c] - m);
-                }
-            }
-        }
-    }
-    label = static_cast<uint8_t>(best);
-    confidence = 1.f / s;
-}
-
 // ---- kernels: x covers output pixels (coalesced writes), y covers (batch, K-chunk) ------------
 template <typename T>
 __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM) resample_accumulate_kernel(ResampleArgs const a, T* __restrict__ out) {
@@ -205,23 +177,6 @@ GANSEG_UNROLL
         for (int c = 0; c < kChannelsPerThread; ++c) {
             if (k0 + c < a.channels) o[c * pixels] = from_float<T>(activate(v[c], a.activation));
         }
-    }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSMLabel) resample_label_kernel(
-    ResampleArgs const a, uint8_t* __restrict__ labels, float* __restrict__ confidence) {
-    int64_t const pixels = static_cast<int64_t>(a.size) * a.size;
-    int64_t const p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (p >= pixels) return;
-    int32_t const y = static_cast<int32_t>(p / a.size);
-    int32_t const x = static_cast<int32_t>(p % a.size);
-    for (int32_t n = blockIdx.y; n < a.batch; n += gridDim.y) {
-        uint8_t l;
-        float c;
-        label_pixel<T>(a, n, y, x, l, c);
-        labels[static_cast<int64_t>(n) * pixels + p] = l;
-        confidence[static_cast<int64_t>(n) * pixels + p] = c;
     }
 }
 

@@ -10,6 +10,8 @@
 // r_l < size, area (adaptive average pooling) when r_l > size, identity when equal. Inputs are the
 // per-resolution *projected* maps [N, K, r_l, r_l] (the head's first 1x1 layer already applied per
 // layer block by a GEMM), so the kernel reads K-channel maps and writes the K-channel result once.
+// This is the TensorRT plugin's kernel and ganseg.ops.resample_projected's; the op on the
+// generator's features themselves (projection included) is fused_features.h.
 #pragma once
 
 #include <cstdint>
@@ -37,15 +39,11 @@ struct ResampleArgs {
     DType dtype = DType::kFloat32;
 };
 
-// nullptr when `a` describes a valid launch, else a message saying what is wrong.
+// nullptr when `a` describes a valid launch, else a message saying what is wrong. `labeling`: also
+// require channels <= kMaxLabelClasses (the fused labeling variant's limit, fused_features.h).
 char const* check_args(ResampleArgs const& a, bool labeling);
 
 // out: [batch, channels, size, size] in a.dtype. Accumulates in fp32. Asynchronous on `stream`.
 cudaError_t launch_resample_accumulate(ResampleArgs const& a, void* out, cudaStream_t stream);
-
-// The labeling variant for linear heads (the sum is the logits): writes only
-// labels[n, y, x] = argmax_k (first index on ties, as torch.argmax) and
-// confidence[n, y, x] = max_k softmax_k (= 1 / sum_k exp(v_k - max)). a.activation is ignored.
-cudaError_t launch_resample_label(ResampleArgs const& a, uint8_t* labels, float* confidence, cudaStream_t stream);
 
 }  // namespace ganseg

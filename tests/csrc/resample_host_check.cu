@@ -1,19 +1,20 @@
-// Host emulation of the resample-accumulate kernels, for tests/test_cuda_kernel.py.
+// Host emulation of the CUDA kernels, for tests/test_cuda_kernel.py.
 //
-// Runs, on the CPU, the very __host__ __device__ functions the kernels run per pixel
-// (ganseg/csrc/resample_accumulate.cuh: index math, fp32 accumulation, dtype conversions,
-// activation, online softmax), in the kernels' own loop order, and writes the results for the test
-// to compare with ganseg.ops. No CUDA runtime call is made, so it runs without a GPU.
+// usage: resample_host_check projected IN OUT   (ganseg/csrc/resample_accumulate.cuh, below)
+//        resample_host_check fused IN OUT       (ganseg/csrc/fused_features.cuh, fused_host_check.cu)
 //
-// usage: resample_host_check IN OUT
+// projected: runs, on the CPU, the very __host__ __device__ functions the plugin's kernel runs per
+// pixel (index math, fp32 accumulation, dtype conversions, activation), in the kernel's own loop
+// order, and writes the results for the test to compare with ganseg.ops.resample_projected. No
+// CUDA runtime call is made, so it runs without a GPU.
 //   IN:  int32 header [dtype, activation, align_corners, batch, channels, size, has_bias, levels,
 //        res_0 .. res_{levels-1}], then float32 data: each level's [batch, channels, r, r], then
 //        bias [channels] if has_bias. Values are rounded to the dtype first, as on the device.
-//   OUT: float32 out [batch, channels, size, size] (converted to dtype and back), uint8 labels
-//        [batch, size, size], float32 confidence [batch, size, size]; then one int32 per
-//        check_args() probe (1 = rejected), see below.
+//   OUT: float32 out [batch, channels, size, size] (converted to dtype and back); then one int32
+//        per check_args() probe (1 = rejected), see below.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "resample_accumulate.cuh"
@@ -47,29 +48,16 @@ int run(ganseg::ResampleArgs a, std::vector<std::vector<float>> const& levels, s
             }
         }
     }
-    std::vector<uint8_t> labels(static_cast<size_t>(a.batch) * pixels);
-    std::vector<float> confidence(labels.size());
-    bool const can_label = a.channels <= ganseg::kMaxLabelClasses;
-    for (int32_t n = 0; n < a.batch && can_label; ++n) {  // resample_label_kernel
-        for (int64_t p = 0; p < pixels; ++p) {
-            ganseg::label_pixel<T>(a, n, static_cast<int32_t>(p / a.size), static_cast<int32_t>(p % a.size),
-                labels[n * pixels + p], confidence[n * pixels + p]);
-        }
-    }
     fwrite(result.data(), sizeof(float), result.size(), out);
-    fwrite(labels.data(), 1, labels.size(), out);
-    fwrite(confidence.data(), sizeof(float), confidence.size(), out);
     return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s IN OUT\n", argv[0]);
-        return 2;
-    }
-    FILE* in = fopen(argv[1], "rb");
+int run_fused(char const* in_path, char const* out_path);  // fused_host_check.cu
+
+int run_projected(char const* in_path, char const* out_path) {
+    FILE* in = fopen(in_path, "rb");
     if (!in) return 3;
     int32_t h[8];
     if (fread(h, sizeof(int32_t), 8, in) != 8) return 4;
@@ -96,7 +84,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "check_args: %s\n", bad);
         return 6;
     }
-    FILE* out = fopen(argv[2], "wb");
+    FILE* out = fopen(out_path, "wb");
     if (!out) return 3;
     int rc = 0;
     switch (a.dtype) {
@@ -124,4 +112,12 @@ int main(int argc, char** argv) {
     fwrite(probes, sizeof(int32_t), 5, out);
     fclose(out);
     return rc;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 4 || (strcmp(argv[1], "projected") != 0 && strcmp(argv[1], "fused") != 0)) {
+        fprintf(stderr, "usage: %s projected|fused IN OUT\n", argv[0]);
+        return 2;
+    }
+    return strcmp(argv[1], "fused") == 0 ? run_fused(argv[2], argv[3]) : run_projected(argv[2], argv[3]);
 }

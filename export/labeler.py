@@ -26,14 +26,17 @@ Why it is assembled from three pieces instead of one `torch.onnx.export` call:
     lrelu = LeakyReLU(0.2) as in ganseg.heads); inputs: the per-resolution projected maps
     [N, K, r, r] in increasing r, then bias [K]; output [N, K, size, size].
 
-`to_plugin` / `to_standard` convert between the two forms, so a plugin file can always be checked
-by turning it back into a graph ONNX Runtime runs.
+In the standard form each block is one node too: a call of an ONNX model-local function (domain
+"ganseg.fused", one function per block, its body the standard ops above; ONNX Runtime and TensorRT's
+parser expand local functions), with the plugin's attributes on the call. So `to_plugin` /
+`to_standard` are node-for-node swaps made with `onnx.helper` (same inputs, outputs, attributes),
+never a search by node names or descriptions stored in doc strings, and a plugin file can always
+be checked by turning it back into a graph ONNX Runtime runs.
 """
 from __future__ import annotations
 
 import copy
 import io
-import json
 import os
 import warnings
 from pathlib import Path
@@ -57,8 +60,10 @@ PLUGIN_NAMESPACE = "ganseg"
 ACTIVATIONS = ("none", "relu", "lrelu")
 LRELU_SLOPE = 0.2
 DEFAULT_OPSET = 18
-BLOCK_PREFIX = "ganseg_fused"      # node-name prefix of a standard fused block: ganseg_fused{h}/...
-BLOCK_TAG = "ganseg.fused_block"   # doc_string prefix of a block's last node: its description, JSON
+BLOCK_PREFIX = "ganseg_fused"      # node names inside a fused block's function body (cosmetic: never parsed)
+FUSED_DOMAIN = "ganseg.fused"      # the standard form: each fused block is ONE call of a model-local
+FUSED_OP = "ResampleAccumulate"    # function (domain FUSED_DOMAIN, op FUSED_OP<k>) whose body is standard ops
+FUSED_ATTRS = ("size", "align_corners", "activation")  # the call's attributes = the plugin node's
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,10 +175,23 @@ def fused_block_nodes(maps: Sequence[tuple[str, int]], bias: str, out: str, size
         nodes.append(helper.make_node("LeakyRelu", [pre], [out], name=f"{prefix}/lrelu", alpha=LRELU_SLOPE))
     elif activation == "relu":
         nodes.append(helper.make_node("Relu", [pre], [out], name=f"{prefix}/relu"))
-    desc = {"block": block, "maps": [m for m, _ in maps], "resolutions": [r for _, r in maps], "bias": bias,
-            "output": out, "size": size, "align_corners": int(align_corners), "activation": activation}
-    nodes[-1].doc_string = f"{BLOCK_TAG} {json.dumps(desc)}"
     return nodes, inits
+
+
+def fused_block(maps: Sequence[tuple[str, int]], bias: str, out: str, size: int, activation: str,
+                align_corners: bool, block: int, opset: int = DEFAULT_OPSET) -> tuple[onnx.NodeProto, onnx.FunctionProto]:
+    """The standard form of one block: (the call node for the graph, the local function to add to
+    `model.functions`). The body is `fused_block_nodes` with its constants as Constant nodes
+    (a function has no initializers); the call carries the plugin node's attributes."""
+    maps = sorted(maps, key=lambda m: m[1])
+    nodes, inits = fused_block_nodes(maps, bias, out, size, activation, align_corners, block)
+    consts = [helper.make_node("Constant", [], [t.name], name=t.name, value=t) for t in inits]
+    inputs = [m for m, _ in maps] + [bias]
+    fn = helper.make_function(FUSED_DOMAIN, f"{FUSED_OP}{block}", inputs, [out], consts + nodes,
+                              [helper.make_opsetid("", opset)], attributes=list(FUSED_ATTRS))
+    call = helper.make_node(fn.name, inputs, [out], name=f"{BLOCK_PREFIX}{block}", domain=FUSED_DOMAIN,
+                            size=int(size), align_corners=int(align_corners), activation=activation)
+    return call, fn
 
 
 def plugin_node(maps: Sequence[tuple[str, int]], bias: str, out: str, size: int, activation: str,
@@ -194,51 +212,48 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
 
 
-def _set_domain(model: onnx.ModelProto, present: bool) -> None:
-    others = [o for o in model.opset_import if o.domain != PLUGIN_DOMAIN]
+def _set_domain(model: onnx.ModelProto, plugin: bool) -> None:
+    """Import exactly the custom domain of the form the graph is in: ganseg (plugin) or ganseg.fused."""
+    others = [o for o in model.opset_import if o.domain not in (PLUGIN_DOMAIN, FUSED_DOMAIN)]
     del model.opset_import[:]
     model.opset_import.extend(others)
-    if present:
-        model.opset_import.add(domain=PLUGIN_DOMAIN, version=1)
+    model.opset_import.add(domain=PLUGIN_DOMAIN if plugin else FUSED_DOMAIN, version=1)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: (v.decode() if isinstance(v := helper.get_attribute_value(a), bytes) else v) for a in node.attribute}
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def to_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Standard fused blocks -> one GansegResampleAccumulate node each (a new model)."""
+    """Each fused-block call -> one GansegResampleAccumulate node in its place (a new model)."""
     model = copy.deepcopy(model)
     g = model.graph
-    blocks = {}
-    for n in g.node:
-        if n.doc_string.startswith(BLOCK_TAG + " "):
-            d = json.loads(n.doc_string[len(BLOCK_TAG) + 1:])
-            blocks[d["block"]] = d
-    if not blocks:
+    calls = [i for i, n in enumerate(g.node) if n.domain == FUSED_DOMAIN]
+    if not calls:
         raise UserError("no standard fused resample-accumulate block in this graph (was it exported by "
                         "`ganseg export onnx --labeler`?)")
-    new_nodes: list[onnx.NodeProto] = []
-    placed = set()
-    for n in g.node:
-        b = n.name.split("/", 1)[0]
-        if b.startswith(BLOCK_PREFIX) and b[len(BLOCK_PREFIX):].isdigit() and int(b[len(BLOCK_PREFIX):]) in blocks:
-            k = int(b[len(BLOCK_PREFIX):])
-            if k not in placed:  # the plugin node takes the block's place (its inputs exist already)
-                d = blocks[k]
-                new_nodes.append(plugin_node(list(zip(d["maps"], d["resolutions"])), d["bias"], d["output"],
-                                             d["size"], d["activation"], bool(d["align_corners"]), k))
-                placed.add(k)
-            continue
-        new_nodes.append(n)
-    del g.node[:]
-    g.node.extend(new_nodes)
-    outs = {d["output"] for d in blocks.values()}
-    keep_vi = [v for v in g.value_info if not v.name.startswith(BLOCK_PREFIX) and v.name not in outs]
+    widths = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 1}
+    outs = {g.node[i].output[0] for i in calls}
+    keep_vi = [v for v in g.value_info if v.name not in outs]
     del g.value_info[:]
     g.value_info.extend(keep_vi)
-    widths = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 1}
-    for d in blocks.values():  # the plugin's output shape, for shape inference past the custom node
-        if d["bias"] in widths:
+    for i in calls:
+        n = g.node[i]
+        a = _attrs(n)
+        g.node[i].CopyFrom(helper.make_node(PLUGIN_OP, list(n.input), list(n.output), name=n.name, domain=PLUGIN_DOMAIN,
+                                            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE,
+                                            **{k: a[k] for k in FUSED_ATTRS}))
+        bias = n.input[-1]
+        if bias in widths:  # the plugin's output shape, for shape inference past the custom node
             g.value_info.append(helper.make_tensor_value_info(
-                d["output"], TensorProto.FLOAT, ["N", widths[d["bias"]], d["size"], d["size"]]))
-    _remove_unused_initializers(g)
+                n.output[0], TensorProto.FLOAT, ["N", widths[bias], a["size"], a["size"]]))
+    keep_fn = [f for f in model.functions if f.domain != FUSED_DOMAIN]
+    del model.functions[:]
+    model.functions.extend(keep_fn)
     _set_domain(model, True)
     return model
 
@@ -254,34 +269,29 @@ def _map_resolutions(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def to_standard(model: onnx.ModelProto) -> onnx.ModelProto:
-    """GansegResampleAccumulate nodes -> the standard-op block (a new model ONNX Runtime can run)."""
+    """GansegResampleAccumulate nodes -> fused-block calls with standard-op bodies (a new model
+    ONNX Runtime can run)."""
     model = copy.deepcopy(model)
     g = model.graph
     res = _map_resolutions(model)
-    new_nodes: list[onnx.NodeProto] = []
-    k = 0
-    for n in g.node:
+    opset = _default_opset(model)
+    for k, n in enumerate(g.node):
         if n.op_type != PLUGIN_OP or n.domain != PLUGIN_DOMAIN:
-            new_nodes.append(n)
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        attrs = {a: v.decode() if isinstance(v, bytes) else v for a, v in attrs.items()}
-        if attrs.get("plugin_version") != PLUGIN_VERSION or attrs.get("plugin_namespace") != PLUGIN_NAMESPACE:
-            raise UserError(f"node {n.name}: plugin version/namespace {attrs.get('plugin_version')}/"
-                            f"{attrs.get('plugin_namespace')} unknown; this ganseg writes {PLUGIN_VERSION}/"
+        a = _attrs(n)
+        if a.get("plugin_version") != PLUGIN_VERSION or a.get("plugin_namespace") != PLUGIN_NAMESPACE:
+            raise UserError(f"node {n.name}: plugin version/namespace {a.get('plugin_version')}/"
+                            f"{a.get('plugin_namespace')} unknown; this ganseg writes {PLUGIN_VERSION}/"
                             f"{PLUGIN_NAMESPACE}")
         *maps, bias = list(n.input)
         missing = [m for m in maps if m not in res]
         if missing:
             raise UserError(f"node {n.name}: cannot infer the resolution of inputs {missing}")
-        block = int(n.name.rsplit("_", 1)[1]) if n.name.rsplit("_", 1)[-1].isdigit() else 1000 + k
-        nodes, inits = fused_block_nodes([(m, res[m]) for m in maps], bias, n.output[0], int(attrs["size"]),
-                                         attrs["activation"], bool(attrs.get("align_corners", 0)), block)
-        new_nodes += nodes
-        g.initializer.extend(inits)
-        k += 1
-    del g.node[:]
-    g.node.extend(new_nodes)
+        call, fn = fused_block([(m, res[m]) for m in maps], bias, n.output[0], int(a["size"]), a["activation"],
+                               bool(a.get("align_corners", 0)), k, opset)
+        call.name = n.name
+        n.CopyFrom(call)
+        model.functions.append(fn)
     _set_domain(model, False)
     return model
 
@@ -350,9 +360,9 @@ def cached_generator_front(G, layers: Sequence[int], truncation: float = 1.0, no
     """`export_generator_front`, remembered per (weights fingerprint, layers, truncation, noise, opset)
     within this process: exporting the standard and the plugin form, or several heads of one
     generator, pays for the slow generator export once."""
-    from ganseg.synthesize import fingerprint
+    from ganseg.heads_meta import state_sha256
 
-    key = (fingerprint(G), tuple(layers), float(truncation), noise_mode, opset)
+    key = (state_sha256(G), tuple(layers), float(truncation), noise_mode, opset)
     if key not in _FRONT_CACHE:
         _FRONT_CACHE.clear()  # one generator at a time: these graphs can be hundreds of MB
         _FRONT_CACHE[key] = export_generator_front(G, layers, truncation, noise_mode, opset).SerializeToString()
@@ -439,6 +449,7 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
             nd.input[:] = ["image_generated" if i == "image" else i for i in nd.input]
     nodes = list(gf.node)
     inits = list(gf.initializer)
+    functions: list[onnx.FunctionProto] = []
     for hi, h in enumerate(heads):
         act, _ = head_activation(h)
         by_res: dict[int, list[str]] = {}
@@ -464,9 +475,9 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
         if plugin:
             nodes.append(plugin_node(maps, bias, out, size, act, h.cfg.align_corners, hi))
         else:
-            n, i = fused_block_nodes(maps, bias, out, size, act, h.cfg.align_corners, hi)
-            nodes += n
-            inits += i
+            call, fn = fused_block(maps, bias, out, size, act, h.cfg.align_corners, hi, opset)
+            nodes.append(call)
+            functions.append(fn)
     if resize_image:
         n, i = resize_nodes("image_generated", G.resolution, size, "image", "image_resize")
         nodes += n
@@ -487,7 +498,7 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
     opsets = [helper.make_opsetid("", opset)] + [o for o in front.opset_import if o.domain not in ("", "ai.onnx")]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="ganseg")
     model.ir_version = max(front.ir_version, back.ir_version)
-    model.functions.extend(front.functions)
+    model.functions.extend(list(front.functions) + functions)
     _remove_unused_initializers(model.graph)
     _set_domain(model, plugin)
     return model
@@ -553,14 +564,14 @@ def export_labeler(G, head, out: str | os.PathLike, *, truncation: float = 1.0, 
                    front: onnx.ModelProto | None = None) -> Path:
     """Build, check and atomically write the labeler (with metadata) to `out`."""
     from ganseg import __version__
-    from ganseg.synthesize import default_class_names, fingerprint
+    from ganseg.heads_meta import head_class_names, state_sha256
 
     out = check_writable(out)
     model = build_labeler(G, head, truncation=truncation, noise_mode=noise_mode, labels_dtype=labels_dtype,
                           plugin=plugin, opset=opset, front=front)
     heads = head_list(head)
     k = heads[0].cfg.num_classes
-    names = list(class_names or default_class_names(k))
+    names = list(class_names or head_class_names(head))
     set_metadata(model, {
         "ganseg.format": LABELER_FORMAT, "ganseg.version": __version__, "kind": "labeler",
         "input_name": "z", "output_names": ["image", "labels", "confidence"], "z_dim": G.z_dim,
@@ -570,8 +581,8 @@ def export_labeler(G, head, out: str | os.PathLike, *, truncation: float = 1.0, 
         "image": "raw generator output, about [-1, 1]; uint8 = round(clamp((x + 1) * 127.5, 0, 255))",
         "confidence": "max class probability (ensemble: of the mean probabilities)",
         "z": "float32 [N, z_dim]; seed s -> numpy.random.RandomState(s).randn(z_dim)",
-        "generator_sha256": (sources or {}).get("generator") or fingerprint(G),
-        "head_sha256": (sources or {}).get("head") or fingerprint(head),
+        "generator_sha256": (sources or {}).get("generator") or state_sha256(G),
+        "head_sha256": (sources or {}).get("head") or state_sha256(head),
     })
     model.doc_string = ("ganseg labeler: z -> image, labels, confidence (generator + few-shot head)"
                         + (f"; {PLUGIN_OP} nodes need the ganseg TensorRT plugin" if plugin else ""))
@@ -607,16 +618,10 @@ def run_labeler_cli(args) -> int:
         raise UserError("--labeler exports fp32 only (use TensorRT's --precision for fp16 engines)")
     out = check_writable(args.out)
     G, head, gfile, hfile = load_inputs(args.ckpt, args.head)
-    names = None
-    try:
-        from ganseg.synthesize import _head_class_names
-        names = _head_class_names(str(hfile)) or None
-    except Exception:  # noqa: BLE001 - class names are optional metadata
-        names = None
     sources = {"generator": sha256_file(gfile), "head": sha256_file(hfile)}
     print(f"exporting generator ({G.resolution}px) + head to {out} (the generator export takes a while) ...")
     export_labeler(G, head, out, truncation=args.truncation, labels_dtype=args.labels_dtype, plugin=args.plugin,
-                   opset=max(args.opset, DEFAULT_OPSET), class_names=names, sources=sources)
+                   opset=max(args.opset, DEFAULT_OPSET), sources=sources)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB{', TensorRT plugin form' if args.plugin else ''})")
     if not args.no_verify:
         z = z_from_seeds(list(range(4)), G.z_dim).numpy()

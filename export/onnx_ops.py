@@ -74,12 +74,17 @@ def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def op_types(model: onnx.ModelProto) -> set[tuple[str, str]]:
-    """(domain, op_type) of every node, including nodes inside subgraphs and local functions."""
+    """(domain, op_type) of every operator node, including nodes inside subgraphs and local functions.
+
+    A call of a model-local function is not an operator (a runtime expands it into its body, which
+    is walked), so it is not listed itself."""
     found: set[tuple[str, str]] = set()
+    local = {(f.domain, f.name) for f in model.functions}
 
     def walk(nodes: Iterable[onnx.NodeProto]) -> None:
         for n in nodes:
-            found.add((n.domain or "", n.op_type))
+            if (n.domain, n.op_type) not in local:
+                found.add((n.domain or "", n.op_type))
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     walk(a.g.node)

@@ -157,32 +157,42 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
                   on_result=None) -> list[Result]:
     """Segment files through the server, `concurrency` requests in flight (one client per thread).
 
-    A bad image becomes a Result with `.error` (the server's message); the rest go on. Once the
+    A bad image becomes a Result with `.error` (ganseg's one-line message from the header check
+    `ganseg.pipeline.check_photo`, done before sending, or the server's); the rest go on. Once the
     server is found stopping, the images not yet sent are not sent (`.sent` False, `.error` says
     why) and `on_result` is not called for them. An interrupt (KeyboardInterrupt, also what
     SIGTERM raises under `signals_interrupt`) cancels what is queued and is re-raised; results that
     arrive after it are not reported."""
+    from ganseg.pipeline import check_photo
+
     connect(url, protocol, model)  # clear error before reading anything
     local = threading.local()
     stopping = threading.Event()
     cancelled = threading.Event()
 
-    def one(path: Path) -> Result:
-        if stopping.is_set():
-            return Result(path, 0.0, error=stopping_message(url), sent=False)
+    def send(path: Path) -> Result:
         if not hasattr(local, "client"):
             local.client = _module(protocol).InferenceServerClient(url)
         data = path.read_bytes()
+        try:  # the server's own limits, from the header: a photo it would refuse is not sent
+            check_photo(data, str(path))
+        except UserError as exc:
+            return Result(path, 0.0, error=" ".join(str(exc).split()))
         t0 = time.perf_counter()
         try:
             mask, ov = infer_once(local.client, protocol, model, data, overlay, timeout)
-            res = Result(path, time.perf_counter() - t0, mask, ov)
+            return Result(path, time.perf_counter() - t0, mask, ov)
         except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException and transport errors
             msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
             if stopping.is_set() or server_stopping(url, protocol):
                 stopping.set()
                 msg = stopping_message(url)
-            res = Result(path, time.perf_counter() - t0, error=" ".join(str(msg).split()))
+            return Result(path, time.perf_counter() - t0, error=" ".join(str(msg).split()))
+
+    def one(path: Path) -> Result:
+        if stopping.is_set():
+            return Result(path, 0.0, error=stopping_message(url), sent=False)
+        res = send(path)
         if on_result and not cancelled.is_set():
             on_result(res)
         return res
@@ -332,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str, out: Path, say) -> int:
     from ganseg.images import write_atomic
-    from ganseg.serving.transforms import label_png
+    from ganseg.pipeline import label_png
 
     client = connect(url, args.protocol, args.model)
     palette = model_palette(client, args.model, args.protocol)

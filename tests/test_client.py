@@ -234,6 +234,40 @@ def test_client_serve_stops_its_server_and_stubs_on_sigterm(repo, tmp_path) -> N
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose header promises w x h pixels (one row of data): a bomb for a decoder."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    idat = zlib.compress(b"\x00" * (w + 1))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_masks_are_the_pipelines_fast_indexed_png_and_limits_are_checked_before_sending(server, tmp_path,
+                                                                                         capsys) -> None:
+    from ganseg.labels import PALETTE
+    from ganseg.pipeline import MAX_PIXELS, label_png
+
+    good = _write_photos(tmp_path / "in", ["good.png"], seed=70)[0]
+    (tmp_path / "in" / "huge.png").write_bytes(_png_header_only(10_000, MAX_PIXELS // 10_000 + 1))
+    out = tmp_path / "out"
+    assert cli.run(_args(str(tmp_path / "in"), "--url", server.grpc_url, "--out", str(out))) == 1
+    text = capsys.readouterr().out
+    huge = next(ln for ln in text.splitlines() if "huge.png" in ln)
+    assert "ERROR" in huge and "MP" in huge and "DecompressionBomb" not in huge, huge
+    assert "1 image(s) failed" in text and "segmented 1/2" in text
+    mask = out / "good_mask.png"
+    im = Image.open(mask)
+    assert im.mode == "P" and np.array_equal(np.asarray(im.getpalette()[: 3 * len(PALETTE)]).reshape(-1, 3), PALETTE)
+    assert mask.read_bytes() == label_png(np.asarray(im), PALETTE)  # the pipeline's one (fast) writer
+    assert str(mask) in text and not (out / "huge_mask.png").exists()
+    assert good.is_file()
+
+
 def test_output_names_are_one_rule() -> None:
     """The rule both commands call (pure: no server)."""
     assert output_names(["a/0000.png", "a/0000-2.png", "b/0000.png"]) == ["a__0000", "0000-2", "b__0000"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 import pytest
 import torch
 
@@ -315,14 +316,16 @@ def test_labeler_parity_and_structure(case, tiny_g, latents, tmp_path):
     assert r["shape"] == [len(latents), 3, size, size] and r["labels_dtype"] == "uint8"
     # the fused first layer is per-resolution projections + Resize/AveragePool + Add: no tensor ever
     # holds the channel stack (sum of the feature widths), and nothing is concatenated along channels
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model))
     stack = sum(c for _, _, c in tiny_g.feature_info)
     widths = {tuple(d.dim_value for d in v.type.tensor_type.shape.dim)[1:2]
               for v in inferred.graph.value_info if len(v.type.tensor_type.shape.dim) == 4}
     assert (stack,) not in widths
     inits = {t.name for t in model.graph.initializer}  # weights folded: TensorRT sees constant conv weights
     assert all(n.input[1] in inits for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose"))
-    ops = [n.op_type for n in model.graph.node if n.name.startswith(L.BLOCK_PREFIX)]
+    calls = [n for n in model.graph.node if n.domain == L.FUSED_DOMAIN]  # one node per fused block
+    assert len(calls) == 1 and {a.name for a in calls[0].attribute} == set(L.FUSED_ATTRS)
+    ops = [n.op_type for f in model.functions if f.domain == L.FUSED_DOMAIN for n in f.node]
     up = 1 if size > 4 else 0
     assert ops.count("Resize") >= up and ("AveragePool" in ops) == (size < 16)
     assert_trt10_ops(model)
@@ -368,7 +371,8 @@ def test_plugin_node_spec_and_roundtrip(tiny_g, latents, tmp_path):
     res = [_dims(plug, m)[-1] for m in maps]
     assert res == sorted(res) == [4, 8, 16] and all(_dims(plug, m)[1] == 128 for m in maps)
     assert [tuple(i.dims) for i in plug.graph.initializer if i.name == bias] == [(128,)]
-    assert not [n for n in plug.graph.node if n.name.startswith(L.BLOCK_PREFIX)]
+    assert not [n for n in plug.graph.node if n.domain == L.FUSED_DOMAIN]
+    assert not [f for f in plug.functions if f.domain == L.FUSED_DOMAIN]
     assert_trt10_ops(plug, allow_custom=(("ganseg", "GansegResampleAccumulate"),))
     # surgery both ways: plugin -> standard runs in ONNX Runtime with the same outputs as the standard export
     back = L.to_standard(plug)
@@ -380,6 +384,11 @@ def test_plugin_node_spec_and_roundtrip(tiny_g, latents, tmp_path):
         np.testing.assert_array_equal(x, y)
     again = L.to_plugin(std)
     assert [n.op_type for n in again.graph.node] == [n.op_type for n in plug.graph.node]
+    anonymous = onnx.ModelProto()  # node names and doc strings carry nothing the surgery needs
+    anonymous.CopyFrom(std)
+    for n in anonymous.graph.node:
+        n.name, n.doc_string = "", ""
+    assert [n.op_type for n in L.to_plugin(anonymous).graph.node] == [n.op_type for n in plug.graph.node]
     assert _dims(again, "head0/fused") == _dims(plug, "head0/fused") == ["N", 128, 16, 16]
     r = L.labeler_parity(plug, tiny_g, head, latents, truncation=PSI)  # (replaces the plugin node by standard ops)
     assert r["image_max_abs_err"] <= 1e-4 and r["labels_agreement"] >= 0.999, r

@@ -1,0 +1,394 @@
+"""`ganseg annotate` in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+The browser tests never skip: without Chromium they fail and say to run `make browser` (which
+`make test` runs first). They paint with real mouse events at a zoom level and compare the saved PNG
+pixel by pixel with a mask computed here from the same strokes, independently of the page's code.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganseg.annotate import make_server
+from ganseg.annotate.propose import ProposeConfig
+from ganseg.annotate.store import HISTORY
+from ganseg.cli import main
+from ganseg.labels import load_label_png, read_labels_json, save_label_png, write_labels_json
+
+CHROMIUM = os.environ.get("GANSEG_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# tiny proposals: a linear head, few steps (the feature, not the head's quality, is under test)
+FAST = ProposeConfig(head="linear", steps=15, ensemble=2)
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+    """4 images + latents from the bundled 64² generator, made once per module."""
+    out = tmp_path_factory.mktemp("sampled")
+    assert main(["sample", "--seeds", "0-3", "--out", str(out), "--grid", "0"]) == 0
+    return out
+
+
+@pytest.fixture
+def shots(sampled, tmp_path):
+    folder = tmp_path / "shots"
+    shutil.copytree(sampled, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found: the annotate browser tests need Debian's chromium; run `make browser`")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run `make venv` (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # a fresh temporary profile
+        yield b
+        b.close()
+
+
+class App:
+    """A server on a free loopback port (in a thread) and pages open on it."""
+
+    def __init__(self, browser, folder, propose=FAST):
+        self.log: list[str] = []
+        self.server = make_server(folder, port=0, propose=propose, log=self.log.append)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.context = browser.new_context(viewport={"width": 1280, "height": 820})
+        self.errors: list[str] = []
+
+    def page(self, image=None):
+        page = self.context.new_page()
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.goto(self.server.url)
+        page.evaluate("window.annotator.ready")
+        if image:
+            page.evaluate(f"window.annotator.go({image!r})")
+        return page
+
+    def close(self):
+        self.context.close()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def app(browser, shots):
+    a = App(browser, shots)
+    yield a
+    a.close()
+    assert not a.errors, a.errors
+
+
+# ------------------------------------------------------------------ helpers: the user's hand
+
+def to_client(page, x, y):
+    return page.evaluate(f"window.annotator.imageToClient({x}, {y})")
+
+
+def drag(page, points, steps=4):
+    """One stroke through image points (pixel centres) with real mouse events."""
+    page.mouse.move(*to_client(page, *points[0]))
+    page.mouse.down()
+    for p in points[1:]:
+        page.mouse.move(*to_client(page, *p), steps=steps)
+    page.mouse.up()
+
+
+def click(page, x, y):
+    page.mouse.click(*to_client(page, x, y))
+
+
+def page_mask(page, shape=(64, 64)):
+    return np.array(page.evaluate("window.annotator.mask()"), np.uint8).reshape(shape)
+
+
+def wait_saved(page, timeout=10.0):
+    t0 = time.time()
+    while not page.evaluate("window.annotator.idle()"):
+        assert time.time() - t0 < timeout, "the page did not finish saving"
+        page.wait_for_timeout(100)
+
+
+# ------------------------------------------------------------------ reference masks (not the page's code)
+
+def disc(d):
+    """Offsets of a brush of diameter d: pixel centres within d/2 of the brush centre."""
+    c = 0.0 if d % 2 else -0.5
+    r = range(-(d // 2), -(d // 2) + d)
+    return [(dx, dy) for dy in r for dx in r if (dx - c) ** 2 + (dy - c) ** 2 <= (d / 2) ** 2]
+
+
+def paint_segment(m, a, b, d, v):
+    """Axis-aligned stroke from pixel a to b with brush diameter d (what any line rasterizer gives)."""
+    (x0, y0), (x1, y1) = a, b
+    assert x0 == x1 or y0 == y1
+    for x in range(min(x0, x1), max(x0, x1) + 1):
+        for y in range(min(y0, y1), max(y0, y1) + 1):
+            for dx, dy in disc(d):
+                if 0 <= x + dx < m.shape[1] and 0 <= y + dy < m.shape[0]:
+                    m[y + dy, x + dx] = v
+
+
+# ------------------------------------------------------------------ browser tests
+
+def test_paint_fill_polygon_undo_redo_classes_autosave_pixel_exact(app, shots):
+    page = app.page("seed0000")
+    page.keyboard.press("z")                      # fit, then zoom out with the wheel around a point
+    cx, cy = to_client(page, 32, 32)
+    page.mouse.move(cx, cy)
+    for _ in range(2):
+        page.mouse.wheel(0, 100)
+        page.wait_for_timeout(50)
+    page.keyboard.down("Space")                  # and pan with Space+drag
+    page.mouse.down()
+    page.mouse.move(cx - 7, cy + 11, steps=3)
+    page.mouse.up()
+    page.keyboard.up("Space")
+    view = page.evaluate("[window.annotator.state.zoom, window.annotator.state.panX, "
+                         "document.getElementById('canvas').getBoundingClientRect().toJSON()]")
+    assert view[0] >= 4, f"zoom {view[0]}: painting 64 px images needs >= 4x"
+    (x0, y0), (x1, y1) = to_client(page, 0, 0), to_client(page, 64, 64)
+    assert view[2]["left"] < x0 < x1 < view[2]["right"] and view[2]["top"] < y0 < y1 < view[2]["bottom"]
+
+    expected = np.zeros((64, 64), np.uint8)
+    page.keyboard.press("1")
+    for _ in range(2):
+        page.keyboard.press("[")                  # 5 -> 3
+    assert page.evaluate("window.annotator.state.size") == 3
+    drag(page, [(5.5, 5.5), (25.5, 5.5)])
+    paint_segment(expected, (5, 5), (25, 5), 3, 1)
+
+    page.keyboard.press("2")
+    drag(page, [(40.5, 10.5), (40.5, 30.5)])
+    with_b = page_mask(page)
+    page.keyboard.press("Control+z")               # undo removes exactly that stroke ...
+    assert not (page_mask(page) == 2).any()
+    assert (page_mask(page) == 1).sum() == (expected == 1).sum()
+    page.keyboard.press("Control+Shift+z")         # ... redo puts it back
+    assert np.array_equal(page_mask(page), with_b)
+    paint_segment(expected, (40, 10), (40, 30), 3, 2)
+
+    page.keyboard.press("3")
+    page.keyboard.press("[")
+    page.keyboard.press("[")
+    drag(page, [(10.5, 40.5), (30.5, 40.5), (30.5, 55.5), (10.5, 55.5), (10.5, 40.5)])  # closed outline
+    for a, b in [((10, 40), (30, 40)), ((30, 40), (30, 55)), ((30, 55), (10, 55)), ((10, 55), (10, 40))]:
+        paint_segment(expected, a, b, 1, 3)
+    page.keyboard.press("g")                       # flood fill inside the outline
+    page.keyboard.press("4")
+    click(page, 20.5, 47.5)
+    expected[41:55, 11:30] = 4
+
+    page.keyboard.press("l")                       # polygon: a triangle, closed with Enter
+    page.keyboard.press("5")
+    for x, y in [(45, 40), (55, 40), (55, 60)]:
+        click(page, x, y)
+    page.keyboard.press("Enter")
+    yy, xx = np.mgrid[0:64, 0:64] + 0.5
+    expected[(yy > 40) & (xx < 55) & (yy < 40 + 2 * (xx - 45))] = 5
+
+    page.keyboard.press("e")                       # eraser dab (size 1) back to background
+    click(page, 15.5, 5.5)
+    expected[5, 15] = 0
+
+    assert np.array_equal(page_mask(page), expected)
+    wait_saved(page)                               # autosave: no explicit save
+    saved = load_label_png(shots / "seed0000_mask.png")
+    assert np.array_equal(saved, expected), f"{(saved != expected).sum()} pixels differ"
+    assert read_labels_json(shots).class_names[:2] == ("background", "skin")  # what train-head reads
+    assert "annotated" in page.get_attribute("#image-list li:first-child", "class")
+
+
+def test_two_tabs_stale_save_refused_then_overwrite_keeps_backup(app, shots):
+    save_label_png(shots / "seed0003_mask.png", np.zeros((32, 32), np.uint8))  # wrong size: reported
+    a, b = app.page("seed0001"), app.page("seed0001")
+    assert "seed0003_mask.png: mask is 32x32 but seed0003.png is 64x64" in b.inner_text("#banner")
+    b.click("#banner-close")
+    a.evaluate("window.annotator.setView(6, 10, 10)")
+    a.keyboard.press("1")
+    drag(a, [(5.5, 10.5), (50.5, 10.5)])
+    wait_saved(a)
+    mask_a = page_mask(a)
+    b.evaluate("window.annotator.setView(6, 10, 10)")   # b still holds the page as loaded before a's save
+    b.keyboard.press("2")
+    drag(b, [(5.5, 30.5), (50.5, 30.5)])
+    assert np.array_equal(load_label_png(shots / "seed0001_mask.png"), mask_a)
+    b.wait_for_selector("#banner:not([hidden])")   # b's autosave meets a's newer file
+    assert "another tab" in b.inner_text("#banner")
+    assert any("another tab" in line for line in app.log)
+    assert np.array_equal(load_label_png(shots / "seed0001_mask.png"), mask_a)  # nothing overwritten
+    b.click("text=Overwrite with mine")
+    wait_saved(b)
+    assert np.array_equal(load_label_png(shots / "seed0001_mask.png"), page_mask(b))
+    backup = shots / HISTORY / "seed0001_mask.1.png"
+    assert np.array_equal(load_label_png(backup), mask_a)  # the other tab's version is kept
+
+
+def test_propose_on_two_shots_fills_editable_mask_and_suggests(browser, shots, tmp_path):
+    write_labels_json(shots / "labels.json", ["background", "face", "hair"])
+    yy, xx = np.mgrid[0:64, 0:64]
+    for name in ("seed0000", "seed0001"):
+        m = np.zeros((64, 64), np.uint8)
+        m[(yy - 34) ** 2 + (xx - 32) ** 2 < 18 ** 2] = 1
+        m[:18, 12:52] = 2
+        save_label_png(shots / f"{name}_mask.png", m, read_labels_json(shots).palette)
+    app = App(browser, shots)
+    try:
+        page = app.page("seed0002")
+        page.keyboard.press("p")
+        page.wait_for_function("window.annotator.state.propose.state === 'running'", timeout=5000)
+        page.keyboard.press("1")                   # the page stays usable while the head trains
+        assert page.evaluate("window.annotator.state.cls") == 1
+        page.wait_for_function("window.annotator.state.propose.state !== 'running' && "
+                               "!window.annotator.state.pendingApply", timeout=60000)
+        assert page.evaluate("window.annotator.state.propose.state") == "done", page.inner_text("#banner")
+        assert "trained on 2 shot(s)" in page.inner_text("#propose-status")
+        proposed = page_mask(page)
+        with urllib.request.urlopen(app.server.url + "api/proposal/seed0002") as r:
+            served = np.frombuffer(base64.b64decode(json.load(r)["labels"]), np.uint8).reshape(64, 64)
+        assert np.array_equal(proposed, served) and proposed.max() <= 2
+        assert len(np.unique(proposed)) >= 2, "the proposal should not be a single class"
+        assert page.evaluate("window.annotator.uncertain()") is not None
+        shot_path = Path(os.environ.get("GANSEG_ANNOTATE_SCREENSHOT", tmp_path / "annotate.png"))
+        page.screenshot(path=str(shot_path))
+        assert shot_path.stat().st_size > 10_000
+
+        page.evaluate("window.annotator.setView(8, 10, 10)")  # editable: a stroke changes it, undo restores
+        page.keyboard.press("b")
+        page.keyboard.press("2")
+        drag(page, [(20.5, 50.5), (40.5, 50.5)])
+        edited = page_mask(page)
+        assert (edited[50, 20:41] == 2).all() and not np.array_equal(edited, proposed)
+        wait_saved(page)
+        assert np.array_equal(load_label_png(shots / "seed0002_mask.png"), edited)
+        page.keyboard.press("Control+z")
+        assert np.array_equal(page_mask(page), proposed)
+
+        page.keyboard.press("n")                   # Suggest next: the most uncertain unannotated image
+        page.wait_for_function("window.annotator.state.current === 'seed0003'")
+    finally:
+        app.close()
+    assert not app.errors, app.errors
+
+
+# ------------------------------------------------------------------ bad input and killed saves (no browser)
+
+def test_bad_folders_and_labels_are_one_line_errors(tmp_path, sampled, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["annotate", str(empty), "--port", "0"]) == 2
+    assert "no seedNNNN.png images to annotate; make them with `ganseg sample" in capsys.readouterr().err
+    folder = tmp_path / "shots"
+    shutil.copytree(sampled, folder)
+    (folder / "labels.json").write_text("{not json")
+    assert main(["annotate", str(folder), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "labels.json: not valid JSON" in err and err.count("\n") == 1
+
+
+def test_api_refuses_wrong_masks_and_counts_backups(shots):
+    save_label_png(shots / "seed0002_mask.png", np.full((64, 64), 12, np.uint8), np.zeros((13, 3), np.uint8))
+    srv = make_server(shots, port=0, propose=FAST, log=lambda *_: None)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def call(method, path, body=None):
+        req = urllib.request.Request(srv.url + path, method=method, data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    try:
+        state = call("GET", "api/state")[1]
+        bad = {i["name"]: i["error"] for i in state["images"]}
+        assert "uses class 12 but only 10 classes are named" in bad["seed0002"]
+        status, r = call("PUT", "api/mask/seed0000", {"base_version": "none", "data": base64.b64encode(b"\0" * 10).decode()})
+        assert status == 400 and "expected 64x64" in r["error"]
+        over = np.full(64 * 64, 10, np.uint8).tobytes()
+        status, r = call("PUT", "api/mask/seed0000", {"base_version": "none", "data": base64.b64encode(over).decode()})
+        assert status == 400 and "uses class 10" in r["error"]
+        status, r = call("POST", "api/propose")
+        assert status == 400 and "at least one saved mask" in r["error"]
+        version = "none"
+        for v in (1, 2, 3):
+            data = base64.b64encode(np.full(64 * 64, v, np.uint8).tobytes()).decode()
+            status, r = call("PUT", "api/mask/seed0000", {"base_version": version, "data": data})
+            assert status == 200, r
+            version = r["version"]
+        backups = srv.store.backups("seed0000")
+        assert [p.name for p in backups] == ["seed0000_mask.1.png", "seed0000_mask.2.png"]
+        assert [int(load_label_png(p)[0, 0]) for p in backups] == [1, 2]
+        assert int(load_label_png(shots / "seed0000_mask.png")[0, 0]) == 3
+        status, r = call("PUT", "api/labels", {"classes": ["background", "skin"]})
+        assert status == 400 and "cannot be removed" in r["error"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_server_killed_mid_save_leaves_whole_masks(shots):
+    """SIGKILL the real `ganseg annotate` process while a client saves as fast as it can: every mask
+    on disk afterwards is one of the masks sent, never half of one; a restart cleans temp files."""
+    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "annotate", str(shots), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        while "open http" not in line:
+            assert line, proc.stderr.read()
+            line = proc.stdout.readline()
+        url = line.split("open ", 1)[1].split()[0]
+        sent, stop = set(), threading.Event()
+
+        def hammer():
+            version, v = "none", 0
+            while not stop.is_set():
+                v = v % 9 + 1
+                data = base64.b64encode(np.full(64 * 64, v, np.uint8).tobytes()).decode()
+                req = urllib.request.Request(url + "api/mask/seed0001", method="PUT",
+                                             data=json.dumps({"base_version": version, "data": data}).encode())
+                sent.add(v)
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        version = json.load(r)["version"]
+                except OSError:
+                    return
+
+        t = threading.Thread(target=hammer)
+        t.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stop.set()
+        t.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(sent) > 1
+    for p in [shots / "seed0001_mask.png", *sorted((shots / HISTORY).glob("*.png"))]:
+        m = load_label_png(p)
+        assert m.shape == (64, 64) and len(np.unique(m)) == 1 and int(m[0, 0]) in sent, p
+    leftover = shots / ".seed0001_mask.png.killed.tmp"   # what a kill inside write_atomic leaves
+    leftover.write_bytes(b"half")
+    os.utime(leftover, (time.time() - 3600,) * 2)
+    srv = make_server(shots, port=0, log=lambda *_: None)
+    srv.server_close()
+    assert srv.store.cleaned == [leftover.name] and not leftover.exists()

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-gan": ("ganseg.training.train_gan", "train a StyleGAN2 generator (resumable)"),
     "gan-quality": ("ganseg.quality", "offline GAN quality figures (probe Frechet distance, parts found)"),
     "invert": ("ganseg.invert", "invert real images into the GAN (W / W+ latent optimization)"),
+    "annotate": ("ganseg.annotate", "paint the few-shot masks in the browser, with head proposals"),
     "train-head": ("ganseg.training.train_head", "train a few-shot segmentation head on annotated shots"),
     "segment": ("ganseg.segment", "segment real images: with a distilled UNet (fast, deployable) or by "
                                   "GAN inversion + a few-shot head"),

@@ -19,7 +19,12 @@ demo: venv
 	$(BIN)/ganseg render --split test --n 6 --res 128 --out runs/demo/photos
 	$(BIN)/ganseg client runs/demo/photos --serve --out runs/demo/triton_masks
 
-test: venv
+# Debian's Chromium for `ganseg annotate`'s browser tests (Playwright drives it; Playwright's own
+# browser download cannot work on these machines): apt-get only when it is missing
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: venv browser
 	$(BIN)/python -m pytest -q
 
 # NVIDIA's real perf_analyzer in a tool environment of its own (.venv-perf/): the tritonclient==2.40.0
@@ -36,4 +41,4 @@ perf-analyzer: $(PERF_VENV)/bin/perf_analyzer
 bench: venv perf-analyzer
 	$(BIN)/python benchmarks/bench.py
 
-.PHONY: venv demo test perf-analyzer bench
+.PHONY: venv browser demo test perf-analyzer bench

@@ -236,8 +236,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="UNet weights/compute precision (I/O stays float32)")
     p.add_argument("--int8", action="store_true",
-                   help="UNet: QDQ INT8 via ONNX Runtime static quantization, calibrated on rendered faces")
-    p.add_argument("--calib", type=int, default=64, help="--int8: rendered train-split images to calibrate on")
+                   help="UNet: QDQ INT8 via ONNX Runtime static quantization, calibrated on --calib photos")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="--int8: folder of your photos to calibrate on (required unless the UNet is the bundled "
+                        "default, which calibrates on rendered faces)")
+    p.add_argument("--calib-images", type=int, default=64, help="--int8: at most this many calibration photos")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help="ONNX opset (>= 17; the labeler uses at least 18, the dynamo exporter's)")
     p.add_argument("--ckpt", default=None, help="--labeler: generator .pt/.pkl/.safetensors (default: bundled)")
@@ -263,12 +266,14 @@ def run(args: argparse.Namespace) -> int:
     path = None if args.unet == _DEFAULT else args.unet
     out = check_writable(args.out)
     unet, _ = load_unet_checked(path)  # errors before any work
+    if args.calib is not None and not args.int8:
+        raise UserError("--calib only applies with --int8 (fp32/fp16 exports need no calibration)")
     if args.int8:
         if args.precision != "fp32":
             raise UserError("--int8 quantizes the fp32 graph; drop --precision")
         from ganseg.export.quantize import quantize_unet
 
-        quantize_unet(path, out, calib_images=args.calib, opset=args.opset)
+        quantize_unet(path, out, calib=args.calib, calib_images=args.calib_images, opset=args.opset)
     else:
         export_unet(path, out, args.precision, opset=args.opset)
     size = out.stat().st_size

@@ -12,9 +12,13 @@ Only convolutions are quantized: Q/DQ pairs around MaxPool/Resize/Concat cost mo
 in ONNX Runtime on CPU (measured: ~1.3x instead of ~1.55x speed-up for the 64 px UNet on a 2-core
 AVX2 machine), and TensorRT propagates int8 through those ops by itself.
 
-Calibration data: rendered faces of the *train* split (`ganseg.faces.split_seeds("train", n)`) at the
-UNet's input size, in the graph's normalization — never the test split, on which the mIoU change
-is measured (see docs/export.md and `int8_report`).
+Calibration data (`calibration_pixels`, shared with `ganseg export tensorrt`): the user's photos
+(`--calib DIR`: the photos the UNet will segment, or like them), prepared exactly as they are when
+served (`ganseg.pipeline.pre`: reduced-scale JPEG decode, resize to the input size, the graph's
+normalization), so the activation ranges are those the deployed model meets. Without --calib,
+only the bundled default UNet has a default: rendered faces of the *train* split, the domain it was
+trained on (never the test split, on which `int8_report` measures the mIoU change). For any other
+UNet, --calib is required: calibrating a model of cats on rendered faces would clip its activations.
 """
 from __future__ import annotations
 
@@ -32,22 +36,45 @@ from ganseg.errors import UserError
 from ganseg.export.onnx_ops import check_model, check_writable, read_metadata, save_model, set_metadata
 
 CALIB_BATCH = 8
+CALIB_IMAGES = 64
 
 
-class RenderedFaces:
-    """onnxruntime CalibrationDataReader: batches of rendered train-split faces as `image` tensors."""
+def calibration_pixels(calib: str | os.PathLike | None, size: int, limit: int = CALIB_IMAGES, *,
+                       rendered_ok: bool, flag: str = "--calib") -> tuple[np.ndarray, str]:
+    """(uint8 [N, size, size, 3] calibration inputs at the network input, what they are).
 
-    def __init__(self, n: int, size: int, input_name: str = "image", batch: int = CALIB_BATCH):
+    `calib`: a folder of photos (or one photo): at most `limit` of its images (`ganseg.paths.list_images`,
+    spread evenly over the sorted list), through `ganseg.pipeline.pre` as the server prepares them.
+    None: rendered train-split faces, allowed only when `rendered_ok` (the bundled UNet); otherwise a
+    UserError asking for --calib. Every photo is decoded here, before any slow work."""
+    from ganseg.pipeline import pre
+
+    if limit < 1:
+        raise UserError(f"--calib-images {limit}: calibrate on at least 1 image (64 or more recommended)")
+    if calib is None:
+        if not rendered_ok:
+            raise UserError(f"INT8 calibration needs {flag} DIR for this model: a folder of photos like the ones it "
+                            f"will segment (64 or more); rendered faces are the default only for the bundled UNet, "
+                            f"which was trained on them")
+        from ganseg.faces import render_faces, split_seeds
+
+        images, _ = render_faces(split_seeds("train", limit), resolution=min(max(size, 64), 512))  # renderer range
+        return pre(list(images), size).pixels, f"{limit} rendered train-split faces"
+    from ganseg.paths import list_images
+
+    files = list_images([calib])
+    pick = sorted({int(i) for i in np.linspace(0, len(files) - 1, min(limit, len(files))).round()})
+    chosen = [files[i] for i in pick]
+    return pre(chosen, size).pixels, f"{len(chosen)} photos from {calib}"
+
+
+class CalibrationReader:
+    """onnxruntime CalibrationDataReader over prepared calibration inputs (float32 NCHW)."""
+
+    def __init__(self, x: np.ndarray, input_name: str = "image", batch: int = CALIB_BATCH):
         from tqdm import tqdm
 
-        from ganseg.faces import render_faces, split_seeds
-        from ganseg.images import from_uint8
-
-        if n < 1:
-            raise UserError(f"--calib {n}: calibrate on at least 1 image (64 or more recommended)")
-        images, _ = render_faces(split_seeds("train", n), resolution=size)
-        x = from_uint8(images).numpy()
-        self.batches = [{input_name: x[i: i + batch]} for i in range(0, n, batch)]
+        self.batches = [{input_name: x[i: i + batch]} for i in range(0, len(x), batch)]
         self._it = iter(tqdm(self.batches, desc="int8 calibration", unit="batch", leave=False))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -63,16 +90,21 @@ def final_conv_name(model: onnx.ModelProto) -> str:
     return next(n.name for n in model.graph.node if out in n.output)
 
 
-def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, *, calib_images: int = 64,
+def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, *,
+                  calib: str | os.PathLike | None = None, calib_images: int = CALIB_IMAGES,
                   opset: int = 17, exclude_final: bool = False, calibrate: str = "minmax") -> Path:
     """Export the fp32 UNet, quantize it (QDQ, symmetric int8, per-channel weights) and write `out`.
 
-    The file keeps the ONNX UNet contract (float32 `image` in, float32 `logits` out, same metadata
-    with precision "int8" and a `quantization` entry).
+    `calib`: the folder of photos to calibrate on (`calibration_pixels`; required unless the UNet is
+    the bundled default). The file keeps the ONNX UNet contract (float32 `image` in, float32
+    `logits` out, same metadata with precision "int8" and a `quantization` entry).
     """
     import onnxruntime.quantization as q
+    import torch
 
-    from ganseg.export.onnx_export import export_unet
+    from ganseg.export.onnx_export import export_unet, load_unet_checked
+    from ganseg.pipeline import normalize
+    from ganseg.unet import DEFAULT_UNET
 
     if out is None:
         raise UserError("--out is required: the .onnx file to write")
@@ -81,12 +113,22 @@ def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None
                "percentile": q.CalibrationMethod.Percentile}
     if calibrate not in methods:
         raise UserError(f"calibration method {calibrate!r}: use one of {', '.join(methods)}")
+    if isinstance(unet_or_path, torch.nn.Module):
+        unet, bundled = unet_or_path, False
+    else:  # loaded here for its size and identity; export_unet reads the file again (and hashes it)
+        unet, file = load_unet_checked(unet_or_path)
+        bundled = DEFAULT_UNET.is_file() and Path(file).resolve() == DEFAULT_UNET.resolve()
+    size = int((getattr(unet, "meta", None) or {}).get("resolution") or 0)
+    if size <= 0:
+        raise UserError("the UNet carries no training resolution (meta['resolution']); export it from a "
+                        "`ganseg train-unet` run")
+    pixels, described = calibration_pixels(calib, size, calib_images, rendered_ok=bundled)  # before slow work
     with tempfile.TemporaryDirectory(prefix="ganseg-int8-") as tmp:
         fp32 = export_unet(unet_or_path, Path(tmp) / "fp32.onnx", "fp32", opset=opset)
         meta = read_metadata(fp32)
         model = onnx.load(str(fp32))
         exclude = [final_conv_name(model)] if exclude_final else []
-        reader = RenderedFaces(calib_images, meta["input_size"])
+        reader = CalibrationReader(normalize(pixels), meta.get("input_name", "image"))
         t0 = time.perf_counter()
         root = logging.getLogger()
         level = root.level
@@ -104,7 +146,7 @@ def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None
     meta.update(precision="int8", quantization={
         "format": "QDQ", "ops": ["Conv"], "activations": "int8 symmetric (zero point 0, per tensor)",
         "weights": "int8 symmetric (7-bit range), per output channel",
-        "calibration": f"{calibrate} on {calib_images} rendered train-split faces at {meta['input_size']}px",
+        "calibration": f"{calibrate} on {described} at {meta['input_size']}px",
         "excluded_nodes": exclude, "seconds": round(seconds, 1)})
     del qmodel.metadata_props[:]
     set_metadata(qmodel, meta)

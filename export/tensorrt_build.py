@@ -16,8 +16,10 @@ What it does:
 - precision: fp32; fp16 (BuilderFlag.FP16; the fp16 ONNX file works too); int8 (INT8 + FP16
   flags): a QDQ graph (`ganseg export onnx --int8`) is explicit quantization and needs nothing
   more; any other graph is calibrated (IInt8EntropyCalibrator2, deprecated since TensorRT 10.1
-  but still supported) with rendered face images (UNet `image` input) or seeded latents
-  (labeler `z` input), at the profile's opt shape, with a calibration cache beside the engine;
+  but still supported) at the profile's opt shape, with a calibration cache beside the engine: an
+  image input on the user's photos (--calib DIR, prepared as served; rendered faces only by
+  default for the bundled UNet), a latent input (labeler `z`) on seeded latents. The photos are
+  read and checked before TensorRT is needed;
 - a timing cache file (loaded if present, saved after the build) so rebuilds skip kernel timing;
 - graphs with the custom `GansegResampleAccumulate` node (`ganseg export onnx --labeler --plugin`)
   need the IPluginV3 library of export/plugin/ (built with CMake against the installed TensorRT);
@@ -129,34 +131,46 @@ def profile_shapes(info: OnnxInfo, min_batch: int, opt_batch: int, max_batch: in
     return shapes
 
 
+def is_bundled_unet(info: OnnxInfo) -> bool:
+    """The ONNX file was exported from the bundled default UNet (its recorded source hash)."""
+    from ganseg.export.onnx_ops import sha256_file
+    from ganseg.unet import DEFAULT_UNET
+
+    return DEFAULT_UNET.is_file() and info.meta.get("source_sha256") == sha256_file(DEFAULT_UNET)
+
+
 def calibration_batches(info: OnnxInfo, shapes: dict[str, tuple[tuple[int, ...], ...]], n_images: int,
-                        seed_split: str = "val") -> list[dict[str, np.ndarray]]:
-    """INT8 calibration inputs at the profile's opt shape: rendered faces for an image input
-    (normalized as the model's metadata says), seeded N(0, 1) latents for a latent input."""
+                        calib: str | os.PathLike | None = None) -> list[dict[str, np.ndarray]]:
+    """INT8 calibration inputs at the profile's opt shape (whole batches of the opt batch size).
+
+    An image input gets the user's photos (`calib`, a folder) prepared as served, or for the bundled
+    UNet by default rendered train-split faces: `ganseg.export.quantize.calibration_pixels`, the
+    same source as `ganseg export onnx --int8`. A latent input (the labeler's `z`) gets seeded
+    N(0, 1) latents, what the labeler is fed."""
+    from ganseg.export.quantize import calibration_pixels
+
     opt = {name: s[1] for name, s in shapes.items()}
     batch = next(iter(opt.values()))[0]
-    n_batches = max(1, n_images // batch)
-    norm = info.meta.get("normalization") or {"scale": 1 / 127.5, "offset": -1.0}
     arrays: dict[str, np.ndarray] = {}
     for spec in info.inputs:
         shape = opt[spec.name]
         if len(shape) == 4 and shape[1] == 3:
-            from ganseg.faces import render_faces, split_seeds
-            from ganseg.images import resize_rgb
+            from ganseg.pipeline import normalize
 
-            side = int(shape[2])  # the renderer draws 64..512 px; other sizes are resized as clients do
-            imgs, _ = render_faces(split_seeds(seed_split, n_batches * batch), resolution=min(max(side, 64), 512))
-            if imgs.shape[1:3] != tuple(shape[2:]):
-                imgs = np.stack([resize_rgb(im, shape[2]) for im in imgs])
-            x = imgs.astype(np.float32).transpose(0, 3, 1, 2) * np.float32(norm["scale"]) + np.float32(norm["offset"])
+            pixels, described = calibration_pixels(calib, int(shape[2]), max(n_images, batch),
+                                                   rendered_ok=is_bundled_unet(info))
+            if len(pixels) < batch:
+                raise UserError(f"--calib {calib}: {described}, fewer than one calibration batch of {batch} "
+                                f"(--opt-batch); add photos or lower --opt-batch")
+            arrays[spec.name] = np.ascontiguousarray(normalize(pixels))
         elif len(shape) == 2:
             from ganseg.sample import z_from_seeds
 
-            x = z_from_seeds(list(range(n_batches * batch)), shape[1]).numpy().astype(np.float32)
+            arrays[spec.name] = z_from_seeds(list(range(max(n_images, batch))), shape[1]).numpy().astype(np.float32)
         else:
             raise UserError(f"INT8 calibration: no data source for input {spec.name!r} of shape {list(shape)}; "
                             f"export a QDQ graph with `ganseg export onnx --int8` instead")
-        arrays[spec.name] = np.ascontiguousarray(x)
+    n_batches = min(len(v) for v in arrays.values()) // batch
     return [{k: v[i * batch:(i + 1) * batch] for k, v in arrays.items()} for i in range(n_batches)]
 
 
@@ -236,9 +250,12 @@ class _Calibrator:
 
 
 def build_engine(info: OnnxInfo, out: Path, precision: str, shapes: dict, *, timing_cache: Path | None,
-                 plugin_lib: Path | None, calib_images: int = 256, calib_cache: Path | None = None,
-                 workspace_gib: float = 4.0, verbose: bool = False) -> dict:
-    """Build and write the engine; returns a summary. Needs TensorRT (and a GPU)."""
+                 plugin_lib: Path | None, calib_batches: list[dict[str, np.ndarray]] | None = None,
+                 calib_cache: Path | None = None, workspace_gib: float = 4.0, verbose: bool = False) -> dict:
+    """Build and write the engine; returns a summary. Needs TensorRT (and a GPU).
+
+    int8 on a graph without QDQ needs `calib_batches` (`calibration_batches`, made before TensorRT
+    is imported so bad calibration photos are reported first)."""
     from ganseg.images import write_atomic
 
     trt = import_tensorrt()
@@ -267,8 +284,10 @@ def build_engine(info: OnnxInfo, out: Path, precision: str, shapes: dict, *, tim
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         if not info.has_qdq:  # implicit quantization: calibrate at the opt shape
-            batches = calibration_batches(info, shapes, calib_images)
-            config.int8_calibrator = _Calibrator.create(trt, batches, calib_cache or out.with_suffix(".calib.cache"))
+            if not calib_batches:
+                raise ValueError("int8 without QDQ needs calib_batches (calibration_batches)")
+            config.int8_calibrator = _Calibrator.create(trt, calib_batches,
+                                                        calib_cache or out.with_suffix(".calib.cache"))
             config.set_calibration_profile(profile)
             calibrated = True
     cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
@@ -335,7 +354,7 @@ def run_engine(plan: str | os.PathLike | bytes, feeds: dict[str, "Any"], plugin_
 def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     p.add_argument("--onnx", required=True, help="ONNX file from `ganseg export onnx` (UNet or labeler)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="int8: explicit if the graph is QDQ (`export onnx --int8`), else calibrated on rendered images")
+                   help="int8: explicit if the graph is QDQ (`export onnx --int8`), else calibrated on --calib photos")
     p.add_argument("--out", required=True, help="engine file to write (.plan)")
     p.add_argument("--min-batch", type=int, default=1)
     p.add_argument("--opt-batch", type=int, default=8)
@@ -348,7 +367,10 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> 
     p.add_argument("--plugin-lib", default=None,
                    help=f"the GansegResampleAccumulate plugin library (default: {DEFAULT_PLUGIN_PATH} if the graph "
                         f"needs it)")
-    p.add_argument("--calib-images", type=int, default=256, help="int8 without QDQ: calibration images")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="int8 without QDQ: folder of your photos to calibrate on (required unless the graph is the "
+                        "bundled default UNet's, which calibrates on rendered faces; latent inputs use seeded latents)")
+    p.add_argument("--calib-images", type=int, default=256, help="int8 without QDQ: at most this many calibration inputs")
     p.add_argument("--calib-cache", default=None, help="int8 calibration cache (default: OUT.calib.cache)")
     p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace memory limit")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
@@ -371,8 +393,14 @@ def run(args: argparse.Namespace) -> int:
     shapes = profile_shapes(info, args.min_batch, args.opt_batch, args.max_batch,
                             args.min_size, args.opt_size, args.max_size)
     plugin = plugin_library(info, args.plugin_lib)
+    calibrated = args.precision == "int8" and not info.has_qdq
+    if args.calib is not None and not calibrated:
+        raise UserError(f"--calib only applies to --precision int8 on a graph without QDQ nodes ({args.onnx} "
+                        f"{'has them: its quantization is explicit' if info.has_qdq else 'is built as ' + args.precision})"
+                        f"; drop --calib")
+    batches = calibration_batches(info, shapes, args.calib_images, args.calib) if calibrated else None
     summary = build_engine(info, out, args.precision, shapes, timing_cache=timing_cache, plugin_lib=plugin,
-                           calib_images=args.calib_images,
+                           calib_batches=batches,
                            calib_cache=Path(args.calib_cache) if args.calib_cache else None,
                            workspace_gib=args.workspace_gib, verbose=args.verbose)
     print(f"wrote {out} ({summary['bytes'] / 2**20:.1f} MiB, {args.precision}, TensorRT {summary['tensorrt']}; "

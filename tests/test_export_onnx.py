@@ -220,8 +220,16 @@ def test_cli_unet_export(tmp_path, unet_run, capsys):
     with pytest.raises(UserError, match="--labeler"):
         _cli(["onnx", "--unet", str(unet_run), "--head", "h.safetensors", "--out", str(out)])
     q8 = tmp_path / "int8.onnx"
-    assert _cli(["onnx", "--unet", str(unet_run), "--int8", "--calib", "8", "--out", str(q8)]) == 0
-    assert read_metadata(q8)["precision"] == "int8"
+    with pytest.raises(UserError, match="--calib DIR"):  # a user's UNet: calibrate on the user's photos
+        _cli(["onnx", "--unet", str(unet_run), "--int8", "--out", str(q8)])
+    assert not q8.exists()
+    photos = _train_face_folder(tmp_path / "photos", 8)
+    with pytest.raises(UserError, match="--calib only applies with --int8"):
+        _cli(["onnx", "--unet", str(unet_run), "--calib", str(photos), "--out", str(q8)])
+    assert _cli(["onnx", "--unet", str(unet_run), "--int8", "--calib", str(photos), "--calib-images", "6",
+                 "--out", str(q8)]) == 0
+    meta = read_metadata(q8)
+    assert meta["precision"] == "int8" and f"6 photos from {photos}" in meta["quantization"]["calibration"]
 
 
 def test_cli_default_unet(tmp_path):
@@ -459,10 +467,48 @@ def test_cli_labeler_plugin(tiny_g, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 # INT8 (QDQ) UNet
 
+def _train_face_folder(folder: Path, n: int, resolution: int = 64) -> Path:
+    """Rendered train-split faces saved as photos (never the test split the checks use)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(render_faces(split_seeds("train", n), resolution=resolution)[0]):
+        Image.fromarray(im).save(folder / f"face{i:03d}.png")
+    return folder
+
+
+def _input_scale(model: onnx.ModelProto) -> float:
+    """The calibrated scale of the QuantizeLinear that reads the graph input `image`."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+    return float(inits[q.input[1]])
+
+
+def test_int8_calibration_reads_the_users_photos(unet_run, tmp_path):
+    """Calibrating on dim grey photos gives the input the range of those photos (max |x| / 127,
+    symmetric int8), not the range of rendered faces: the user's photos are what was measured."""
+    from PIL import Image
+
+    from ganseg.export.quantize import quantize_unet
+
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i in range(4):  # different sizes and formats: prepared by the serving pipeline
+        Image.fromarray(np.full((40 + 30 * i, 50 + 10 * i, 3), 160 + i, np.uint8)).save(
+            grey / f"g{i}.{'jpg' if i % 2 else 'png'}", quality=100)
+    out = quantize_unet(unet_run, tmp_path / "grey.onnx", calib=grey, calib_images=4)
+    x_max = (163 / 127.5 - 1)
+    assert _input_scale(onnx.load(str(out))) == pytest.approx(x_max / 127, rel=0.03)
+    assert "4 photos from" in read_metadata(out)["quantization"]["calibration"]
+    with pytest.raises(UserError, match="no image files"):
+        quantize_unet(unet_run, tmp_path / "x.onnx", calib=tmp_path)  # a folder of no photos: refused first
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_int8_qdq_unet(unet_run, exported, held_out_faces, tmp_path):
     from ganseg.export.quantize import quantize_unet
 
-    out = quantize_unet(unet_run, tmp_path / "int8.onnx", calib_images=8)
+    out = quantize_unet(unet_run, tmp_path / "int8.onnx", calib=_train_face_folder(tmp_path / "calib", 8))
     meta = read_metadata(out)
     assert CONTRACT_KEYS <= set(meta) and meta["precision"] == "int8"
     assert meta["quantization"]["format"] == "QDQ"

@@ -141,15 +141,51 @@ def test_onnx_reading_and_profile_shapes(tmp_path):
     assert tb.profile_shapes(pinfo, 1, 2, 4)["p8"] == ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
 
 
-def test_calibration_batches_are_normalized_rendered_images(tmp_path):
-    info = tb.read_onnx(tiny_unet_onnx(tmp_path / "unet.onnx"))
+def _photo_folder(folder: Path, n: int, hw=(300, 400)) -> Path:
+    """n smooth colour photos (PNG and a large JPEG, which the pipeline decodes at reduced scale)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:hw[0], 0:hw[1]] / max(hw)
+    for i in range(n):
+        img = np.clip(np.stack([np.sin(5 * x + s) + np.cos(4 * y - s) for s in rng.random(3) * 6], -1) * 60 + 128,
+                      0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i:02d}.{'jpg' if i % 2 else 'png'}")
+    (folder / "readme.txt").write_text("not a photo")  # ignored: not an image suffix
+    return folder
+
+
+def test_calibration_batches_are_the_users_photos_prepared_as_served(tmp_path):
+    from ganseg.export.onnx_ops import sha256_file
+    from ganseg.paths import list_images
+    from ganseg.pipeline import normalize, pre
+    from ganseg.unet import DEFAULT_UNET
+
+    path = tiny_unet_onnx(tmp_path / "unet.onnx")
+    info = tb.read_onnx(path)
     shapes = tb.profile_shapes(info, 1, 2, 4)
-    batches = tb.calibration_batches(info, shapes, n_images=4)
+    with pytest.raises(UserError, match="--calib DIR"):  # not the bundled UNet: no rendered-face default
+        tb.calibration_batches(info, shapes, n_images=4)
+    photos = _photo_folder(tmp_path / "photos", 5)
+    batches = tb.calibration_batches(info, shapes, n_images=4, calib=photos)
     assert len(batches) == 2
     x = np.concatenate([b["image"] for b in batches])
     assert x.shape == (4, 3, 32, 32) and x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
-    assert -1.0 <= x.min() < -0.5 and 0.5 < x.max() <= 1.0  # uint8 / 127.5 - 1 of real renders
-    assert not np.allclose(x[0], x[1])
+    files = list_images([photos])
+    want = normalize(pre([files[i] for i in (0, 1, 3, 4)], 32).pixels)  # 4 of 5, spread over the folder
+    np.testing.assert_array_equal(x, want)
+    with pytest.raises(UserError, match="fewer than one calibration batch"):
+        tb.calibration_batches(info, tb.profile_shapes(info, 1, 8, 8), n_images=8, calib=_photo_folder(tmp_path / "few", 3))
+    with pytest.raises(UserError, match="no such file or folder"):
+        tb.calibration_batches(info, shapes, n_images=4, calib=tmp_path / "missing")
+    with pytest.raises(UserError, match="--calib only applies"):
+        tb.run(cli_args(onnx=path, out=tmp_path / "x.plan", precision="fp16", calib=photos))
+    if DEFAULT_UNET.is_file():  # the bundled UNet's graph: rendered train-split faces by default
+        info.meta["source_sha256"] = sha256_file(DEFAULT_UNET)
+        r = np.concatenate([b["image"] for b in tb.calibration_batches(info, shapes, n_images=4)])
+        assert r.shape == (4, 3, 32, 32) and -1.0 <= r.min() < -0.5 and 0.5 < r.max() <= 1.0
+        assert not np.allclose(r[0], r[1])
 
 
 def test_plugin_matches_the_onnx_node_contract():
@@ -245,7 +281,8 @@ def test_int8_engine_with_calibration(tmp_path):
     _need_trt_gpu()
     onnx_path = tiny_unet_onnx(tmp_path / "unet.onnx")
     out = tmp_path / "unet_int8.plan"
-    assert tb.run(cli_args(onnx=onnx_path, out=out, precision="int8", opt_batch=2, max_batch=4, calib_images=8)) == 0
+    assert tb.run(cli_args(onnx=onnx_path, out=out, precision="int8", opt_batch=2, max_batch=4, calib_images=8,
+                           calib=_photo_folder(tmp_path / "photos", 8))) == 0
     assert out.is_file() and out.with_suffix(".calib.cache").is_file()
     y = tb.run_engine(out, {"image": torch.zeros(2, 3, 32, 32)})["logits"]
     assert y.shape == (2, 5, 32, 32) and torch.isfinite(y.float()).all()

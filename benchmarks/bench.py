@@ -43,7 +43,7 @@ import synthesis_throughput  # noqa: E402
 from common import (RESULTS, environment, environment_markdown, fmt, loaded_note, markdown_table, pyplot,  # noqa: E402
                     result_stem, save_figure, write_json, write_text)
 
-SECTIONS = ("served", "inprocess", "fused", "synthesis", "gpu")
+SECTIONS = ("served", "inprocess", "realsize", "fused", "synthesis", "gpu")
 GOALS = {"served_over_inprocess": 0.85, "p99_over_p50_c8": 2.0}
 
 
@@ -151,6 +151,10 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict:
                                                 repeats=cfg.inprocess_repeats, min_seconds=cfg.inprocess_min_seconds,
                                                 log=log)
                 sec = {"rows": rows, "threads": threads, "sizes": sizes}
+            elif name == "realsize":  # real photo sizes, served vs in-process side by side (served.py)
+                sec = served.real_size_section(_unet_file(unet, about, cfg.unet, tmp), onnx_path, tmp / "realsize",
+                                               threads=threads, log=log,
+                                               settings=served.PerfSettings(requests_per_window=cfg.requests_per_window))
             elif name == "fused":
                 sec = {"rows": fused_memory.run_points(cfg.fused_cases, cfg.fused_heads, cfg.fused_modes,
                                                        features="random", log=log),
@@ -256,6 +260,10 @@ def write_outputs(doc: dict, out: Path) -> dict[str, Path]:
     if csv_text:
         files["csv"] = write_text(out / f"{stem}-perf_analyzer.csv", csv_text)
         sv["csv_file"] = files["csv"].name
+    rs = doc["sections"].get("realsize", {})
+    if rs.get("csv"):
+        files["realsize_csv"] = write_text(out / f"{stem}-realsize-perf_analyzer.csv", rs.pop("csv"))
+        rs["csv_file"] = files["realsize_csv"].name
     plots = {"latency": plot_latency(doc, out / f"{stem}-latency.png"),
              "throughput": plot_throughput(doc, out / f"{stem}-throughput.png"),
              "memory": plot_memory(doc, out / f"{stem}-memory.png")}
@@ -314,6 +322,8 @@ def markdown(doc: dict) -> str:
         parts.append(served.table(sec["rows"]))
     if "inprocess" in s:
         parts.append("\n## In-process baselines\n\n" + inprocess.table(s["inprocess"]["rows"]))
+    if "realsize" in s:
+        parts.append("\n## Real photo sizes: served vs in-process, against the goals\n\n" + s["realsize"]["markdown"])
     if "fused" in s:
         parts.append("\n## Fused vs materialized feature step (fresh process per point; features: "
                      f"{s['fused'].get('features')})\n\n" + fused_memory.table(s["fused"]["rows"]))

@@ -5,10 +5,12 @@ calling the same model in their own process, so the baselines use the same netwo
 ONNX file of the same UNet), the same thread count as the server's model instance, and the same
 batches (1, 4, 8, 16) at the UNet's training size (the size the server runs it at), 256² and 512².
 
-Besides the bare network (float NCHW in, logits out) one row measures the whole image-bytes path
-in-process — decode, resize to the training size, normalize, network, argmax, resize the labels
-back, PNG-encode — with its stage split, the in-process counterpart of the served `IMAGE -> MASK`
-entry point.
+Besides the bare network (float NCHW in, logits out) the pipeline rows measure the whole
+image-bytes path in-process with the served code itself (`ganseg.pipeline`: decode, resize,
+normalize | network | argmax, MASK at the photo's size, OVERLAY preview when asked), with its stage
+split: the in-process counterpart of the served `IMAGE -> MASK (+ OVERLAY)` entry point, also at
+real photo sizes (`real_size_inputs`; benchmarks/served.py `real_size_section` puts them side by
+side with the server).
 
     python benchmarks/inprocess.py [--unet RUN] [--threads 2]  # -> results/inprocess.{json,md}
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from ganseg.pipeline import ort_session  # the one ONNX Runtime session set-up (the server's too)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, absent, environment, environment_markdown, markdown_table, measure, write_json, write_text  # noqa: E402
@@ -56,16 +60,6 @@ def export_for_bench(unet, out_dir: Path) -> Path:
     from ganseg.export.onnx_export import export_unet
 
     return export_unet(unet, out_dir / "unet.onnx")
-
-
-def ort_session(onnx_path: str | os.PathLike, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
 def _row(engine: str, batch: int, size: int, threads: int, timing, **extra) -> dict:
@@ -191,54 +185,69 @@ def sample_png(size: int = 256) -> bytes:
     return buf.getvalue()
 
 
+def real_size_inputs() -> dict[str, bytes]:
+    """The photos of the real-size rows (served and in-process send the same bytes): a rendered test
+    face as a 128² PNG, and the same face upscaled (bicubic) to a 1920x1080 and a 4000x3000 JPEG
+    (quality 90, as a camera writes them)."""
+    from PIL import Image
+
+    from ganseg.faces import render_faces, split_seeds
+
+    img, _ = render_faces(split_seeds("test", 1), resolution=128)
+    face = Image.fromarray(img[0])
+    out = {}
+    for name, size, fmt in (("128² PNG", (128, 128), "PNG"), ("1920x1080 JPEG", (1920, 1080), "JPEG"),
+                            ("4000x3000 JPEG", (4000, 3000), "JPEG")):
+        buf = io.BytesIO()
+        im = face if face.size == size else face.resize(size, Image.Resampling.BICUBIC)
+        im.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        out[name] = buf.getvalue()
+    return out
+
+
 def pipeline_rows(onnx_path: Path | None, png: bytes, *, batches=(1, 4, 8), threads: int = 2, warmup: int = 2,
-                  repeats: int = 5, min_seconds: float = 1.0, max_seconds: float | None = 4.0,
-                  log: Callable[[str], None] = print) -> list[dict]:
+                  repeats: int = 5, min_seconds: float = 1.0, max_seconds: float | None = 4.0, overlay: bool = True,
+                  input_name: str = "PNG bytes", log: Callable[[str], None] = print) -> list[dict]:
     """The served image-bytes path in-process, per stage, with the server's own code
-    (ganseg.serving.transforms): decode each PNG, resize to the training size, normalize, one ONNX
-    Runtime run for the batch, argmax, labels back to each image's size, the overlay PNG (perf_analyzer
-    asks for every output, so the served figures include OVERLAY too)."""
-    engine = "onnxruntime pipeline (PNG bytes -> MASK + OVERLAY)"
+    (`ganseg.pipeline.pre` -> one ONNX Runtime run for the batch -> `ganseg.pipeline.post`): decode
+    (at reduced JPEG scale where the photo allows), resize, normalize | network | argmax, MASK at each
+    photo's size, and the OVERLAY preview PNG when `overlay` (what a request asking for it gets)."""
+    from ganseg import pipeline as P
+
+    outputs = "MASK + OVERLAY" if overlay else "MASK"
+    engine = f"onnxruntime pipeline ({input_name} -> {outputs})"
     if onnx_path is None:
         return [absent("no ONNX file (ganseg.export.onnx_export unavailable)", engine=engine, batch=b,
                        threads=threads) for b in batches]
-    try:
-        from ganseg.serving import transforms as T
-    except ImportError as exc:
-        return [absent(f"ganseg.serving.transforms not importable ({exc})", engine=engine, batch=b,
-                       threads=threads) for b in batches]
-    from ganseg.export.onnx_export import read_metadata
-
-    spec = T.UNetSpec.from_metadata(read_metadata(onnx_path), str(onnx_path))
     sess = ort_session(onnx_path, threads)
+    spec = P.UNetSpec.from_metadata(sess.get_modelmeta().custom_metadata_map, str(onnx_path))
+    preview = P.PREVIEW_MAX_SIDE if overlay else 0
     rows = []
     for batch in batches:
-        items = np.array([png] * batch, dtype=object)
+        items = [png] * batch
         stages: dict[str, list[float]] = {"pre": [], "net": [], "post": []}
 
         def once(items=items, stages=stages):
             t0 = time.perf_counter()
-            images = T.decode_items(items, "bench")
-            x = T.normalize(T.to_input_batch(images, spec.input_size))
+            b = P.pre(items, spec.input_size, preview=preview)
+            x = b.x
             t1 = time.perf_counter()
             logits = sess.run([spec.output_name], {spec.input_name: x})[0]
             t2 = time.perf_counter()
-            labels = T.labels_to_sizes(T.argmax_labels(logits), [im.shape[:2] for im in images])
-            for im, lab in zip(images, labels):
-                T.overlay_png(im, lab, spec.palette)
+            P.post(logits, b, spec.palette)
             t3 = time.perf_counter()
-            for k, a, b in (("pre", t0, t1), ("net", t1, t2), ("post", t2, t3)):
-                stages[k].append(b - a)
+            for k, a, c in (("pre", t0, t1), ("net", t1, t2), ("post", t2, t3)):
+                stages[k].append(c - a)
 
         t = measure(once, warmup=warmup, repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds,
                     items=batch)
         med = {k: float(np.median(v[warmup:])) * 1e3 for k, v in stages.items()}
         total = sum(med.values())
-        rows.append(_row(engine, batch, spec.input_size, threads, t, stage_ms=med,
+        rows.append(_row(engine, batch, spec.input_size, threads, t, stage_ms=med, input=input_name, outputs=outputs,
                          prepost_share=(med["pre"] + med["post"]) / total if total else None, input_bytes=len(png)))
         r = rows[-1]
-        log(f"  in-process pipeline batch {batch:2d}: {r['median_ms']:8.2f} ms  {r['img_s']:8.1f} img/s  "
-            f"(pre {med['pre']:.1f} / net {med['net']:.1f} / post {med['post']:.1f} ms)")
+        log(f"  in-process pipeline {input_name} -> {outputs} batch {batch:2d}: {r['median_ms']:8.2f} ms  "
+            f"{r['img_s']:8.1f} img/s  (pre {med['pre']:.1f} / net {med['net']:.1f} / post {med['post']:.1f} ms)")
     return rows
 
 

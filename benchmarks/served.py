@@ -104,9 +104,8 @@ def input_files(png: bytes, out_dir: Path) -> dict[str, Path]:
     from ganseg.images import decode_rgb
 
     img = decode_rgb(png)
-    item = base64.b64encode(struct.pack("<I", len(png)) + png).decode()
     files = {
-        "bytes": {"data": [{"IMAGE": {"content": {"b64": item}, "shape": [1]}}]},
+        "bytes": _bytes_doc(png),
         "raw": {"data": [{"IMAGE": {"content": {"b64": base64.b64encode(img.tobytes()).decode()},
                                     "shape": list(img.shape)}}]},
     }
@@ -115,6 +114,16 @@ def input_files(png: bytes, out_dir: Path) -> dict[str, Path]:
         out[kind] = out_dir / f"input_{kind}.json"
         out[kind].write_text(json.dumps(doc))
     return out
+
+
+def _bytes_doc(data: bytes) -> dict:
+    """perf_analyzer input data: one encoded photo as the BYTES item of IMAGE."""
+    item = base64.b64encode(struct.pack("<I", len(data)) + data).decode()
+    return {"data": [{"IMAGE": {"content": {"b64": item}, "shape": [1]}}]}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,13 +226,15 @@ class Point:
     protocol: str
     concurrency: int
     batch: int = 1
-    input_kind: str | None = None   # "bytes" | "raw" | None (random float tensor)
+    input_kind: str | None = None   # "bytes" | "raw" | a real-size input's name | None (random float tensor)
     variant: str = "net"            # "bls" | "ensemble" | "net"
+    outputs: str | None = None      # real-size rows: "MASK" (request parameter overlay_max_side=0) or "MASK + OVERLAY"
 
     @property
     def key(self) -> dict:
-        return {"model": self.model, "protocol": self.protocol, "concurrency": self.concurrency,
-                "batch": self.batch, "input": self.input_kind or "float tensor", "variant": self.variant}
+        key = {"model": self.model, "protocol": self.protocol, "concurrency": self.concurrency,
+               "batch": self.batch, "input": self.input_kind or "float tensor", "variant": self.variant}
+        return {**key, "outputs": self.outputs} if self.outputs else key
 
 
 def default_points(protocols=PROTOCOLS, concurrency=CONCURRENCY, unet_batches=UNET_BATCHES,
@@ -284,13 +295,16 @@ def run_point(pt: Point, server, inputs: dict[str, Path], settings: PerfSettings
 def _run_point(pt: Point, server, inputs: dict[str, Path], settings: PerfSettings, csv_dir: Path,
                tool: Path) -> tuple[dict, str]:
     url = server.grpc_url if pt.protocol == "grpc" else server.http_url
-    csv_path = csv_dir / f"{pt.model}-{pt.protocol}-c{pt.concurrency}-b{pt.batch}.csv"
+    tag = f"-{_slug(pt.input_kind)}-{_slug(pt.outputs)}" if pt.outputs else ""
+    csv_path = csv_dir / f"{pt.model}-{pt.protocol}-c{pt.concurrency}-b{pt.batch}{tag}.csv"
     cmd = [str(tool), "-m", pt.model, "-u", url, "-i", pt.protocol, "-b", str(pt.batch),
            "--concurrency-range", str(pt.concurrency), *settings.args(pt.concurrency), "-f", str(csv_path)]
     if pt.input_kind:
         cmd += ["--input-data", str(inputs[pt.input_kind])]
     if pt.variant == "bls":
         cmd += ["--bls-composing-models", UNET_MODEL]
+    if pt.outputs == "MASK":  # perf_analyzer asks for every output; this parameter turns OVERLAY off
+        cmd += ["--request-parameter", "overlay_max_side:0:int"]
     csv_path.unlink(missing_ok=True)
     before = model_stats(server.http_url)
     t0 = time.perf_counter()
@@ -388,6 +402,194 @@ def served_rows(unet_file: Path, png: bytes, work: Path, *, points: list[Point] 
             "server_rss_mb": server_rss / 2**20 if server_rss else None}
 
 
+# --------------------------------------------------------------------------------------------
+# Real photo sizes: served (perf_analyzer) and in-process side by side, against the issue's goals
+
+REAL_OUTPUTS = ("MASK", "MASK + OVERLAY")
+REAL_CONCURRENCY = (1, 4)
+REAL_GOALS = {"12mp_over_128_c1": 4.0, "12mp_img_s_c4": 15.0, "prepost_share_128_mask": 0.25,
+              "http_over_inprocess_c1": 0.85, "served_equal_inprocess": 0.999}
+SMALL, HD, BIG = "128² PNG", "1920x1080 JPEG", "4000x3000 JPEG"
+
+
+def real_size_points(inputs, concurrency=REAL_CONCURRENCY) -> list[Point]:
+    """`ganseg_segment` (BLS) per input x outputs: gRPC at each concurrency, HTTP at concurrency 1."""
+    return [Point(ENTRY_BLS, proto, c, 1, name, "bls", outputs)
+            for name in inputs for outputs in REAL_OUTPUTS
+            for proto, c in [("grpc", c) for c in concurrency] + [("http", 1)]]
+
+
+ENTRY_BLS = "ganseg_segment"
+
+
+def _served_masks_agree(server, onnx_path: Path, photos: dict[str, bytes]) -> dict[str, float]:
+    """Per input: share of MASK pixels equal to the in-process pipeline's (`OnnxSegmenter`)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from ganseg.pipeline import OnnxSegmenter
+
+    seg = OnnxSegmenter(onnx_path)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    out = {}
+    for name, data in photos.items():
+        inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[data]], dtype=object))
+        mask = client.infer(ENTRY_BLS, [inp], outputs=[grpcclient.InferRequestedOutput("MASK")],
+                            client_timeout=120).as_numpy("MASK")[0]
+        out[name] = float((mask == seg.segment([data])[0]).mean())
+    client.close()
+    return out
+
+
+def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: int = 1,
+                      settings: PerfSettings | None = None, concurrency=REAL_CONCURRENCY, inprocess_repeats: int = 5,
+                      log: Callable[[str], None] = print) -> dict:
+    """128² PNG, 1920x1080 JPEG and 4000x3000 JPEG through the served BLS entry point (perf_analyzer,
+    MASK only and MASK + OVERLAY) and through the same `ganseg.pipeline` in-process, in one run;
+    returns rows, the side-by-side table, the goals and their markdown."""
+    from inprocess import pipeline_rows, real_size_inputs
+
+    settings = settings or PerfSettings()
+    photos = real_size_inputs()
+    points = real_size_points(photos, concurrency)
+    tool = perf_analyzer_path()
+    version, why = perf_analyzer_version(tool)
+    rows: list[dict] = []
+    parts: list = []
+    meta: dict = {}
+    agree: dict = {}
+    if version is None:
+        rows = [absent(why, **p.key) for p in points]
+    else:
+        from ganseg.serving.repository import ServingConfig, build_repository
+        from ganseg.serving.server import TritonServer
+
+        repo, csv_dir = work / "repo", work / "csv"
+        csv_dir.mkdir(parents=True, exist_ok=True)
+        cfg = ServingConfig()
+        build_repository(repo, unet=unet_file, pipeline="bls", cfg=cfg)
+        inputs = {}
+        for name, data in photos.items():
+            inputs[name] = work / f"input_{_slug(name)}.json"
+            inputs[name].write_text(json.dumps(_bytes_doc(data)))
+        with TritonServer(repo, log_path=work / "server.log") as server:
+            with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as r:
+                meta = json.loads(r.read())
+            log(f"  tritonserver {meta.get('version')} (BLS repository); perf_analyzer {version}")
+            warm_up(server, [(ENTRY_BLS, name) for name in photos], inputs, tool, settings)
+            for pt in points:
+                row, text = run_point(pt, server, inputs, settings, csv_dir, tool)
+                rows.append(row)
+                if text:
+                    parts.append((pt.key, text))
+                if row["status"] == "ok":
+                    log(f"  served {pt.input_kind:15s} {pt.outputs:15s} {pt.protocol:4s} c={pt.concurrency}: "
+                        f"p50 {row['p50_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s  pre/post "
+                        f"{100 * (row.get('prepost_share_of_compute') or 0):.0f} % of compute")
+                else:
+                    log(f"  served {pt.input_kind} {pt.outputs} {pt.protocol} c={pt.concurrency}: absent ({row['reason']})")
+            agree = _served_masks_agree(server, onnx_path, photos)
+    inproc = []
+    for name, data in photos.items():
+        for outputs in REAL_OUTPUTS:
+            inproc += pipeline_rows(onnx_path, data, batches=[1], threads=threads, overlay=outputs != "MASK",
+                                    input_name=name, repeats=inprocess_repeats, min_seconds=1.0, log=log)
+    summary = real_size_summary(rows, inproc, photos)
+    goals = real_size_goals(summary, agree)
+    return {"rows": rows, "inprocess_rows": inproc, "summary": summary, "goals": goals, "mask_agreement": agree,
+            "input_bytes": {k: len(v) for k, v in photos.items()}, "csv": merge_csv(parts),
+            "perf_analyzer": version, "tritonserver": meta.get("version"), "threads": threads,
+            "markdown": real_size_markdown(summary, goals, {k: len(v) for k, v in photos.items()})}
+
+
+def real_size_summary(rows: list[dict], inproc: list[dict], photos) -> list[dict]:
+    """One line per input x outputs: served figures at each point beside the in-process pipeline's."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    out = []
+    for name in photos:
+        for outputs in REAL_OUTPUTS:
+            pick = {(r["protocol"], r["concurrency"]): r for r in ok if r["input"] == name and r.get("outputs") == outputs}
+            ip = next((r for r in inproc if r.get("input") == name and r.get("outputs") == outputs
+                       and r.get("status") == "ok"), None)
+            g1, g4, h1 = pick.get(("grpc", 1)), pick.get(("grpc", 4)), pick.get(("http", 1))
+            line = {"input": name, "outputs": outputs,
+                    "grpc_c1_p50_ms": g1 and g1["p50_ms"], "grpc_c1_img_s": g1 and g1["img_per_s"],
+                    "grpc_c4_p50_ms": g4 and g4["p50_ms"], "grpc_c4_img_s": g4 and g4["img_per_s"],
+                    "http_c1_p50_ms": h1 and h1["p50_ms"], "http_c1_img_s": h1 and h1["img_per_s"],
+                    "served_prepost_share_c1": g1 and g1.get("prepost_share_of_compute"),
+                    "served_prepost_ms_c1": g1 and g1.get("prepost_ms"), "served_net_ms_c1": g1 and g1.get("net_ms"),
+                    "inprocess_ms": ip and ip["median_ms"], "inprocess_img_s": ip and ip["img_s"],
+                    "inprocess_stage_ms": ip and ip["stage_ms"], "inprocess_prepost_share": ip and ip["prepost_share"]}
+            line["http_over_inprocess_c1"] = (line["http_c1_img_s"] / line["inprocess_img_s"]
+                                              if line["http_c1_img_s"] and line["inprocess_img_s"] else None)
+            out.append(line)
+    return out
+
+
+def real_size_goals(summary: list[dict], agree: dict[str, float]) -> list[dict]:
+    """The issue's goals, each with the figures it is computed from."""
+    by = {(s["input"], s["outputs"]): s for s in summary}
+    goals = []
+
+    def add(goal: str, value, target: float, higher: bool, figures: str):
+        met = None if value is None else (value >= target if higher else value <= target)
+        goals.append({"goal": goal, "value": value, "target": target, "met": met, "figures": figures})
+
+    small, big = by.get((SMALL, "MASK + OVERLAY"), {}), by.get((BIG, "MASK + OVERLAY"), {})
+    a, b = big.get("grpc_c1_p50_ms"), small.get("grpc_c1_p50_ms")
+    add("4000x3000 JPEG, MASK + OVERLAY, concurrency 1: cost ≤ 4x a 128² PNG (p50 latency ratio)",
+        a / b if a and b else None, REAL_GOALS["12mp_over_128_c1"], False,
+        f"gRPC p50 {a or float('nan'):.1f} ms vs {b or float('nan'):.1f} ms")
+    for outputs in REAL_OUTPUTS:
+        v = by.get((BIG, outputs), {}).get("grpc_c4_img_s")
+        add(f"4000x3000 JPEG at concurrency 4, {outputs}: ≥ 15 img/s", v, REAL_GOALS["12mp_img_s_c4"], True,
+            "gRPC, perf_analyzer")
+    s = by.get((SMALL, "MASK"), {})
+    add("128² PNG, MASK only: pre/post ≤ 25 % of server compute", s.get("served_prepost_share_c1"),
+        REAL_GOALS["prepost_share_128_mask"], False,
+        f"gRPC c=1, server statistics: pre+post {s.get('served_prepost_ms_c1') or float('nan'):.2f} ms, "
+        f"network {s.get('served_net_ms_c1') or float('nan'):.2f} ms")
+    for line in summary:
+        add(f"HTTP c=1 ÷ in-process, {line['input']}, {line['outputs']}: ≥ 0.85", line["http_over_inprocess_c1"],
+            REAL_GOALS["http_over_inprocess_c1"], True,
+            f"{line['http_c1_img_s'] or float('nan'):.1f} vs {line['inprocess_img_s'] or float('nan'):.1f} img/s")
+    for name, v in agree.items():
+        add(f"served MASK = in-process, {name}: ≥ 99.9 % of pixels", v, REAL_GOALS["served_equal_inprocess"], True,
+            "one request per input after the timed runs")
+    return goals
+
+
+def real_size_markdown(summary: list[dict], goals: list[dict], sizes: dict[str, int]) -> str:
+    def f(v, d=1):
+        return "–" if v is None else f"{v:.{d}f}"
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.0f} %"
+
+    text = markdown_table(
+        ["input", "outputs", "gRPC c=1 p50 ms", "gRPC c=1 img/s", "gRPC c=4 img/s", "HTTP c=1 img/s",
+         "in-process img/s", "HTTP ÷ in-process", "served pre/post share (c=1)", "in-process pre / net / post ms",
+         "in-process pre/post share"],
+        [[s["input"], s["outputs"], f(s["grpc_c1_p50_ms"]), f(s["grpc_c1_img_s"]), f(s["grpc_c4_img_s"]),
+          f(s["http_c1_img_s"]), f(s["inprocess_img_s"]), f(s["http_over_inprocess_c1"], 2),
+          pct(s["served_prepost_share_c1"]),
+          " / ".join(f(s["inprocess_stage_ms"][k]) for k in ("pre", "net", "post")) if s["inprocess_stage_ms"] else "–",
+          pct(s["inprocess_prepost_share"])] for s in summary],
+        numeric=[False, False] + [True] * 9)
+    text += ("\nServed: `ganseg_segment` (BLS, shipped serving defaults), one encoded photo per request, "
+             "perf_analyzer (it requests every output; MASK-only rows send the request parameter "
+             "`overlay_max_side=0`). In-process: `ganseg.pipeline.pre` -> ONNX Runtime -> `ganseg.pipeline.post` "
+             "at batch 1, the same threads as the served UNet. Pre/post share: (pre + post) ÷ (pre + post + "
+             "network) compute, from the server's statistics / the in-process stage timings. Input sizes: "
+             + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + ".\n\n")
+    text += markdown_table(["goal", "measured", "target", "result", "from"],
+                           [[g["goal"], f(g["value"], 3), g["target"],
+                             "–" if g["met"] is None else "met" if g["met"] else "**not met**", g["figures"]]
+                            for g in goals], numeric=[False, True, True, False, False])
+    return text
+
+
 def table(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
     out = markdown_table(
@@ -420,8 +622,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--real-sizes", action="store_true",
+                    help="only the real-size rows (128² PNG, 1920x1080 and 4000x3000 JPEG; served vs in-process) "
+                         "-> results/realsize.{json,md}")
     args = ap.parse_args(argv)
     from ganseg.unet import save_unet
+
+    if args.real_sizes:
+        return _real_size_main(args)
 
     unet, about = bench_unet(args.unet)
     with tempfile.TemporaryDirectory(prefix="ganseg-served-") as tmp:
@@ -439,6 +647,30 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "served.json", {"environment": env, "unet": about, **sec})
     write_text(out / "served.md", environment_markdown(env) + f"\nUNet: {about}.\n\n" + table(sec["rows"]))
     print(table(sec["rows"]))
+    return 0
+
+
+def _real_size_main(args) -> int:
+    from inprocess import bench_unet, export_for_bench
+
+    from ganseg.serving.repository import ServingConfig
+    from ganseg.unet import save_unet
+
+    unet, about = bench_unet(args.unet)
+    with tempfile.TemporaryDirectory(prefix="ganseg-realsize-") as tmp:
+        tmp = Path(tmp)
+        save_unet(unet, tmp / "unet.safetensors", unet.class_names, extra=dict(unet.meta))
+        sec = real_size_section(tmp / "unet.safetensors", export_for_bench(unet, tmp), tmp,
+                                threads=ServingConfig().ort_threads,
+                                settings=PerfSettings(requests_per_window=args.requests_per_window))
+    env = environment(tritonserver=sec.get("tritonserver"), perf_analyzer=sec.get("perf_analyzer"))
+    out = Path(args.out)
+    csv_text = sec.pop("csv")
+    if csv_text:
+        write_text(out / "realsize_perf_analyzer.csv", csv_text)
+    write_json(out / "realsize.json", {"environment": env, "unet": about, **sec})
+    write_text(out / "realsize.md", environment_markdown(env) + f"\nUNet: {about}.\n\n" + sec["markdown"])
+    print(sec["markdown"])
     return 0
 
 

@@ -9,7 +9,9 @@ calls return before the work is done). Files are written atomically (`ganseg.ima
 so an interrupted benchmark never leaves half a table.
 
 Benchmarks import it as `from common import ...` (they run as scripts from `benchmarks/`) or as
-`benchmarks.common` from the repository root.
+`benchmarks.common` from the repository root. Importing it also makes the benchmarks run from a
+plain copy of the tree with ganseg not installed (a GPU machine): the root goes on `sys.path` and
+`ganseg.bootstrap` maps the stage folders, before anything from ganseg is imported.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import platform
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,9 +31,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ganseg.images import write_atomic
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # a script in benchmarks/ has benchmarks/ on sys.path, not the root
+    sys.path.insert(0, str(ROOT))
+from ganseg import bootstrap  # noqa: E402
+
+bootstrap.install(ROOT)
+from ganseg.images import write_atomic  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PERCENTILES = (50, 90, 95, 99)
 VERSIONED = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tritonclient", "nvidia-pytriton",
@@ -137,6 +145,10 @@ def _cpu_model() -> str:
 
 
 def _git(*args: str) -> str | None:
+    """git's answer about this tree, or None. A copy without a `.git` of its own (a GPU machine's
+    plain copy) has no commit: git would answer for whatever repository encloses the copy."""
+    if not (ROOT / ".git").exists():
+        return None
     try:
         r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -179,7 +191,7 @@ def environment(**extra: Any) -> dict:
         threads = torch.get_num_threads()
     except ImportError:
         threads = None
-    commit = _git("rev-parse", "HEAD")
+    commit = _git("rev-parse", "HEAD") or "unknown"
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "host": socket.gethostname(),

@@ -3,7 +3,9 @@
 - feature step: the CUDA kernel (`ganseg.ops`, impl="cuda") vs the fused PyTorch op (impl="torch")
   vs the materialized stack (impl="reference"), time and peak CUDA memory, at 256², 512², 1024²
   outputs from a 1024² config-f-width generator's feature shapes (random values: the step's cost
-  does not depend on them);
+  does not depend on them), each with its roofline bound on the device and measured / bound
+  (gpu_kernel_check.roofline), timed with one synchronize per N calls (short kernels); plus the
+  generator's own synthesis time, so the step's share of it (goal <= 15 %) is measured;
 - the UNet: torch eager FP32 and BF16 (autocast), a CUDA graph of the FP32 forward, ONNX Runtime's
   CUDA and TensorRT execution providers where onnxruntime-gpu is importable and actually uses them
   (`session.get_providers()`, not the advertised list: onnxruntime-gpu silently falls back to CPU);
@@ -66,16 +68,28 @@ def ops_rows(sizes=OPS_SIZES, impls=OPS_IMPLS, device: str = "cuda", gen_res: in
              repeats: int = 5, log=print) -> list[dict]:
     import torch
 
-    from ganseg.ops import resample_accumulate
+    from ganseg import Generator, GeneratorConfig
+    from ganseg.ops import resample_accumulate, tf32_passes
+    from gpu_kernel_check import Timer, peak_for, roofline, step_cost, tensor_core_mode
 
     feats = _features(gen_res, device)
     channels = sum(f.shape[1] for f in feats)
     torch.manual_seed(1)
     weight = torch.randn(10, channels, device=device) / channels ** 0.5
     bias = torch.zeros(10, device=device)
-    sync = device_sync(device)
     cuda = device.startswith("cuda")
+    timer = Timer(torch.device(device), warmup, repeats, "one-sync")
+    peak = peak_for(torch.cuda.get_device_name(device) if cuda else None)
     rows = []
+    # the generator's own synthesis (batch 1, fp32) at its resolution: what the step is an overhead on
+    G = Generator(GeneratorConfig(resolution=gen_res, z_dim=512, w_dim=512, mapping_layers=2)).to(device).eval()
+    z = torch.randn(1, 512, device=device)
+    with torch.no_grad():
+        gen_ms = timer(lambda: G.synthesize_features(z=z))["median_ms"]
+    del G
+    rows.append({"bench": "generator synthesis", "impl": "torch", "size": gen_res, "device": device, "status": "ok",
+                 "median_ms": gen_ms})
+    log(f"  gpu generator synthesis {gen_res}²: {gen_ms:8.2f} ms")
     for size in sizes:
         for impl in impls:
             keys = {"bench": "feature step", "impl": impl, "size": size, "device": device, "channels": channels}
@@ -98,17 +112,22 @@ def ops_rows(sizes=OPS_SIZES, impls=OPS_IMPLS, device: str = "cuda", gen_res: in
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                t = measure(fn, warmup=warmup, repeats=repeats, sync=sync)
+                t = timer(fn)
             except Exception as exc:  # noqa: BLE001 — kernel build failure, OOM: recorded as the reason
                 rows.append(absent(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", **keys))
                 if cuda:
                     torch.cuda.empty_cache()
                 continue
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
-            rows.append({**keys, "status": "ok", "median_ms": 1e3 * t.median, "peak_mb": peak,
-                         "repeats": len(t.samples)})
-            log(f"  gpu feature step {impl:9s} {size:4d}²: {1e3 * t.median:8.2f} ms"
-                + (f", peak {peak:.0f} MB" if peak is not None else ""))
+            mem = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+            mode = tensor_core_mode(torch.float32, tf32_passes()) if impl == "cuda" else "FP32"
+            rl = roofline(step_cost([(f.shape[1], f.shape[-1], 1) for f in feats], 1, 10, size, 4), peak, mode)
+            ratio = t["median_ms"] / rl["bound_ms"] if rl["bound_ms"] else None
+            rows.append({**keys, "status": "ok", "median_ms": t["median_ms"], "peak_mb": mem, "repeats": t["repeats"],
+                         "tensor_cores": mode, **rl, "x_bound": ratio, "of_generator": t["median_ms"] / gen_ms})
+            log(f"  gpu feature step {impl:9s} {size:4d}²: {t['median_ms']:8.2f} ms"
+                + (f" (x{ratio:.2f} of the bound)" if ratio else "")
+                + f", {100 * t['median_ms'] / gen_ms:.0f} % of the generator"
+                + (f", peak {mem:.0f} MB" if mem is not None else ""))
     return rows
 
 
@@ -232,11 +251,17 @@ def gpu_rows(unet=None, onnx_path: Path | None = None, device: str | None = None
 def table(rows: list[dict]) -> str:
     ok = [r for r in rows if r.get("status") == "ok"]
     text = ""
+    gen = [r for r in ok if r["bench"] == "generator synthesis"]
+    if gen:
+        text += f"Generator synthesis ({gen[0]['size']}², batch 1, fp32): {gen[0]['median_ms']:.2f} ms.\n\n"
     ops = [r for r in ok if r["bench"] == "feature step"]
     if ops:
-        text += markdown_table(["feature step impl", "output", "median ms", "peak MB"],
-                               [[r["impl"], f"{r['size']}²", r["median_ms"], r.get("peak_mb")] for r in ops],
-                               numeric=[False, False, True, True], digits=2)
+        text += markdown_table(["feature step impl", "output", "math", "median ms", "bound ms", "x bound",
+                                "% of generator", "peak MB"],
+                               [[r["impl"], f"{r['size']}²", r.get("tensor_cores"), r["median_ms"], r.get("bound_ms"),
+                                 r.get("x_bound"), 100 * r["of_generator"] if r.get("of_generator") else None,
+                                 r.get("peak_mb")] for r in ops],
+                               numeric=[False, False, False, True, True, True, True, True], digits=2)
     un = [r for r in ok if r["bench"] == "unet"]
     if un:
         text += "\n" + markdown_table(["UNet engine", "size", "batch", "median ms", "img/s"],

@@ -1,7 +1,9 @@
 """Few-shot segmentation heads on generator features, each with its first layer fused.
 
 Every head starts with a 1x1 projection of the (never materialized) per-pixel feature stack,
-computed by `ganseg.ops.resample_accumulate`. Kinds:
+computed by `ganseg.ops.resample_accumulate`, with the head's first activation (the body's leading
+LeakyReLU(0.2)) passed into the op, so on CUDA it is applied in the kernel's epilogue instead of a
+separate pass over the K-channel map. Kinds:
 - linear: that projection straight to class logits;
 - mlp: 1x1 stack (projection -> hidden -> ... -> classes), leaky ReLU;
 - cnn: the paper's head: 1x1 -> 128, then 3x3 convs with dilations 2,4,8,1,2,4,8 (widths 64 then
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from ganseg import tagged
-from ganseg.ops import resample_accumulate
+from ganseg.ops import LEAKY_RELU_SLOPE, resample_accumulate, resample_label
 
 HeadKind = Literal["linear", "mlp", "cnn"]
 CNN_DILATIONS = (2, 4, 8, 1, 2, 4, 8)
@@ -53,11 +55,19 @@ class FusedProjection(nn.Module):
         self.register_buffer("scales", torch.ones(len(channels)))
         self.register_buffer("channels", torch.tensor(list(channels)), persistent=False)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        # Per-layer standardization (activation scales differ ~10x between layers), folded into
-        # the weight's columns: scaling the feature maps themselves would copy all of them.
-        weight = self.weight * self.scales.repeat_interleave(self.channels)[None]
-        return resample_accumulate(feats, weight, self.bias, self.size, self.align_corners)
+    def folded_weight(self) -> torch.Tensor:
+        """Per-layer standardization (activation scales differ ~10x between layers), folded into
+        the weight's columns: scaling the feature maps themselves would copy all of them."""
+        return self.weight * self.scales.repeat_interleave(self.channels)[None]
+
+    def forward(self, feats: Sequence[torch.Tensor], activation: str = "none") -> torch.Tensor:
+        return resample_accumulate(feats, self.folded_weight(), self.bias, self.size, self.align_corners,
+                                   activation=activation)
+
+    def label(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(labels, confidence, entropy) per pixel when this projection is a whole (linear) head:
+        `ganseg.ops.resample_label`, one kernel pass on CUDA with no K-channel map in memory."""
+        return resample_label(feats, self.folded_weight(), self.bias, self.size, self.align_corners)
 
 
 class SegmentationHead(nn.Module):
@@ -74,23 +84,36 @@ class SegmentationHead(nn.Module):
         if cfg.kind == "mlp":
             dims = list(cfg.mlp_hidden) + [cfg.num_classes]
             for a, b in zip(dims[:-1], dims[1:]):
-                layers += [nn.LeakyReLU(0.2), nn.Conv2d(a, b, 1)]
+                layers += [nn.LeakyReLU(LEAKY_RELU_SLOPE), nn.Conv2d(a, b, 1)]
         elif cfg.kind == "cnn":
             cin = cfg.cnn_first
             for d, w in zip(CNN_DILATIONS, CNN_WIDTHS):
-                layers += [nn.LeakyReLU(0.2), nn.Conv2d(cin, w, 3, padding=d, dilation=d)]
+                layers += [nn.LeakyReLU(LEAKY_RELU_SLOPE), nn.Conv2d(cin, w, 3, padding=d, dilation=d)]
                 cin = w
-            layers += [nn.LeakyReLU(0.2), nn.Conv2d(cin, cfg.num_classes, 3, padding=1)]
+            layers += [nn.LeakyReLU(LEAKY_RELU_SLOPE), nn.Conv2d(cin, cfg.num_classes, 3, padding=1)]
         self.body = nn.Sequential(*layers)
+        # the body's leading LeakyReLU runs inside the fused op (kept in `body`: same state-dict keys
+        # and module layout for saved heads and the ONNX exporter)
+        self.first_activation = "lrelu" if layers else "none"
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """All generator features (as `G.synthesize` returns them) -> logits [N, classes, S, S]."""
-        x = self.project([feats[i] for i in self.cfg.feature_layers])
+        x = self.project([feats[i] for i in self.cfg.feature_layers], activation=self.first_activation)
+        body = self.body[1:] if self.first_activation != "none" else self.body
         if self.cfg.kind == "cnn":
             # NHWC: oneDNN runs the dilated 3x3 stack ~2x faster on CPU, cuDNN's tensor-core kernels
             # prefer it too; values are unchanged (a layout, not an op, in an exported graph)
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.body(x)
+        return body(x)
+
+    def label(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A linear head's (labels uint8, confidence, entropy), each [N, S, S], by the fused op's
+        labeling variant: on CUDA its logits never reach memory. Other kinds have a body after the
+        first layer: take their logits from forward()."""
+        if self.cfg.kind != "linear":
+            raise ValueError(f"label() is the linear head's fused path; a {self.cfg.kind} head's labels come from "
+                             f"its logits (forward)")
+        return self.project.label([feats[i] for i in self.cfg.feature_layers])
 
 
 def head_for(G, kind: HeadKind, num_classes: int, size: int | None = None, min_resolution: int = 4,

@@ -13,10 +13,14 @@ needs no saved input, and the 1x1 conv's backward needs F_l, which the generator
 Three implementations of one signature, chosen per call by `impl=` (the NVlabs torch_utils/ops
 pattern):
 - "torch": the fused op above in PyTorch ops (one resize + add per resolution). Differentiable.
-- "cuda": the projections as GEMMs (cuBLAS), then ONE kernel (ganseg/csrc/resample_accumulate.cu)
-  that reads every projected map, resamples, sums, adds the bias, applies the activation and writes
-  the K-channel result once; `resample_label` has a variant that writes only label + confidence.
-  Built on first use by `ganseg.ops_cuda` (never at import). Forward only: it has no backward.
+- "cuda": two kernel launches straight from the features (ganseg/csrc/fused_features.cu): one
+  grouped tensor-core GEMM projects every resolution below `size`, then one kernel per output tile
+  projects the layers at or above `size` (area-down folded into its operand load), adds the bias
+  and the bilinear taps of the small maps, applies the activation and writes the K-channel result
+  once; `resample_label` has a variant that writes only label, confidence and entropy. FP32 inputs
+  run on TF32 tensor cores: 3xTF32 (FP32 accuracy) unless torch's allow_tf32 opts into plain TF32
+  (`tf32_passes`). No host sync, shape-only allocations: capturable in a CUDA graph. Built on first
+  use by `ganseg.ops_cuda` (never at import). Forward only: it has no backward.
 - "reference": the materialized stack + 1x1 conv (`resample_accumulate_reference`): the parity
   reference, and the memory cost the others avoid.
 - "auto" (default): "cuda" for CUDA tensors when no gradient is needed and the extension builds,
@@ -135,6 +139,23 @@ def resolve_impl(impl: str, tensors: Sequence[torch.Tensor | None]) -> str:
     return "cuda"
 
 
+def tf32_passes() -> int:
+    """TF32 passes of the kernel's FP32 projection: 1 (plain TF32, ~1e-3 relative error) when
+    torch.backends.cuda.matmul.allow_tf32 is set, as torch's own FP32 matmuls would then run;
+    else 3 (3xTF32: a = hi + lo, hi.hi + hi.lo + lo.hi on tensor cores, FP32-level error)."""
+    return 1 if torch.backends.cuda.matmul.allow_tf32 else 3
+
+
+def _cuda_args(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None):
+    """The kernel's operands: contiguous features, the [K, ΣC_l] weight and [K] bias in their dtype."""
+    dtype = feats[0].dtype
+    w = weight.reshape(weight.shape[0], -1).to(dtype).contiguous()
+    if w.shape[1] != sum(f.shape[1] for f in feats):
+        raise ValueError(f"weight has {w.shape[1]} input channels, features have {sum(f.shape[1] for f in feats)}")
+    b = None if bias is None else bias.to(dtype).contiguous()
+    return [f.contiguous() for f in feats], w, b
+
+
 def _fused_torch(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, size: int,
                  align_corners: bool) -> torch.Tensor:
     blocks = split_weight(weight, [f.shape[1] for f in feats])
@@ -163,7 +184,8 @@ def _fused_torch(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torc
 
 def project_by_resolution(feats: Sequence[torch.Tensor], weight: torch.Tensor, size: int,
                           align_corners: bool = False) -> list[torch.Tensor]:
-    """The kernel's inputs: Σ of W_l · F_l per distinct resolution, contiguous NCHW, increasing r.
+    """`resample_projected`'s inputs (the plugin's): Σ of W_l · F_l per distinct resolution,
+    contiguous NCHW, increasing r.
 
     Maps larger than `size` are area-pooled to `size` *before* projecting (C_l channels pooled
     instead of a K-channel GEMM at r², e.g. 16x fewer FLOPs for 1024² features at 256²)."""
@@ -195,9 +217,9 @@ def resample_accumulate(feats: Sequence[torch.Tensor], weight: torch.Tensor, bia
     if path == "cuda":
         from ganseg import ops_cuda
 
-        maps = project_by_resolution(feats, weight, size, align_corners)
-        b = None if bias is None else bias.to(maps[0].dtype).contiguous()
-        return ops_cuda.load().resample_accumulate(maps, b, size, align_corners, ops_cuda.ACTIVATIONS[activation])
+        f, w, b = _cuda_args(feats, weight, bias)
+        return ops_cuda.load().fused_accumulate(f, w, b, size, align_corners, ops_cuda.ACTIVATIONS[activation],
+                                                tf32_passes())
     return activate(_fused_torch(feats, weight, bias, size, align_corners), activation)
 
 
@@ -236,12 +258,15 @@ def resample_projected(maps: Sequence[torch.Tensor], bias: torch.Tensor | None, 
 
 
 def resample_label(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, size: int,
-                   align_corners: bool = False, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel label and confidence of a linear head (the fused op's output are its logits).
+                   align_corners: bool = False,
+                   impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pixel label, confidence and entropy of a linear head (the fused op's output are its logits).
 
-    Returns labels uint8 [N, size, size] (argmax, first index on ties) and confidence float32
-    [N, size, size] (max softmax probability). On CUDA one kernel writes only these two maps: the
-    K logits per pixel never reach memory (5 bytes per pixel instead of 4K).
+    Returns labels uint8 [N, size, size] (argmax, first index on ties), confidence float32
+    [N, size, size] (max softmax probability) and entropy float32 [N, size, size] (nats, of the
+    softmax: what `ganseg synthesize` averages into an image's uncertainty). On CUDA one kernel
+    pass writes only these maps by an online softmax: the K logits per pixel never reach memory
+    (9 bytes per pixel instead of 4K).
     """
     _check(feats)
     if weight.shape[0] > MAX_LABEL_CLASSES:
@@ -251,11 +276,11 @@ def resample_label(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: to
     if path == "cuda":
         from ganseg import ops_cuda
 
-        maps = project_by_resolution(feats, weight, size, align_corners)
-        b = None if bias is None else bias.to(maps[0].dtype).contiguous()
-        return ops_cuda.load().resample_label(maps, b, size, align_corners)
+        f, w, b = _cuda_args(feats, weight, bias)
+        return ops_cuda.load().fused_label(f, w, b, size, align_corners, tf32_passes())
     logits = resample_accumulate(feats, weight, bias, size, align_corners, impl=path).float()
-    return logits.argmax(1).to(torch.uint8), logits.softmax(1).amax(1)
+    logp = logits.log_softmax(1)
+    return logits.argmax(1).to(torch.uint8), logp.amax(1).exp(), -(logp.exp() * logp).sum(1)
 
 
 def materialize(feats: Sequence[torch.Tensor], size: int, align_corners: bool = False) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Why lazy and cached: building takes a minute (nvcc + a torch binding), needs a CUDA toolkit and
 ninja, and is pointless on CPU. So nothing is built at import; the first CUDA call of
 `ganseg.ops.resample_accumulate` (impl "auto" or "cuda") calls `load()`, which compiles
-`ganseg/csrc/*.{cu,cpp}` with `torch.utils.cpp_extension.load` into torch's extension cache
+`ganseg/csrc/*.{cu,cpp}` with `torch.utils.cpp_extension.load` (for the visible GPU's architecture;
+the tensor-core kernels need sm_80 or newer) into torch's extension cache
 (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) under a name that carries a digest
 of the sources, so a changed kernel is rebuilt and an unchanged one is loaded in seconds. Without
 ninja (which `load` needs) the same extension is built through setuptools instead. A failed
@@ -23,8 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("resample_accumulate.cu", "resample_accumulate_binding.cpp")
-HEADERS = ("resample_accumulate.h", "resample_accumulate.cuh")
+SOURCES = ("resample_accumulate.cu", "fused_features.cu", "resample_accumulate_binding.cpp")
+HEADERS = ("resample_accumulate.h", "resample_accumulate.cuh", "fused_features.h", "fused_features.cuh")
 ACTIVATIONS = {"none": 0, "relu": 1, "lrelu": 2}  # codes of ganseg::Activation
 
 _lock = threading.Lock()
@@ -49,6 +50,10 @@ def unavailable_reason() -> str | None:
         return "no CUDA device (torch.cuda.is_available() is False)"
     if torch.version.cuda is None:
         return "this torch build has no CUDA support"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return (f"the GPU has compute capability {major}.{minor}; the tensor-core kernels (BF16/TF32 WMMA) "
+                f"need 8.0 or newer (A100, H100, ...)")
     from torch.utils import cpp_extension
 
     if cpp_extension.CUDA_HOME is None:

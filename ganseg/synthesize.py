@@ -167,14 +167,22 @@ def check_head_fits(G, head: Head, head_name: str = "the head") -> None:
 
 @torch.no_grad()
 def label_batch(G, head: Head, seeds: Sequence[int], cfg: SynthConfig) -> dict[str, np.ndarray]:
-    """Generate and label one batch: images, labels, uncertainty and (soft_topk > 0) top-k targets."""
+    """Generate and label one batch: images, labels, uncertainty and (soft_topk > 0) top-k targets.
+
+    Every head's first layer is the fused op (`ganseg.ops`; on CUDA the tensor-core kernel, under
+    no_grad "auto" picks it). A single linear head without top-k targets needs no class map at all:
+    its labels and per-pixel entropy come from the op's labeling variant directly."""
     z = z_from_seeds(list(seeds), G.z_dim).to(G.device)
     img, feats = G.synthesize_features(z=z, truncation_psi=cfg.truncation, noise_mode=cfg.noise_mode)
-    probs, unc = head_probs(head, feats)
-    size = probs.shape[-1]
+    if isinstance(head, SegmentationHead) and head.cfg.kind == "linear" and not cfg.soft_topk:
+        labels, _, unc = head.label(feats)
+    else:
+        probs, unc = head_probs(head, feats)
+        labels = probs.argmax(1).to(torch.uint8)
+    size = labels.shape[-1]
     if img.shape[-1] != size:  # a head may label at another resolution: images follow the labels
         img = resize(img.float(), size)
-    out = {"images": to_uint8(img), "labels": probs.argmax(1).to(torch.uint8).cpu().numpy(),
+    out = {"images": to_uint8(img), "labels": labels.cpu().numpy(),
            "uncertainty": unc.mean(dim=(1, 2)).cpu().numpy().astype(np.float32)}
     if cfg.soft_topk:
         p, idx = probs.topk(min(cfg.soft_topk, probs.shape[1]), dim=1)

@@ -1,13 +1,16 @@
-"""The CUDA resample-accumulate kernel, checked on a machine without a GPU (and on one with).
+"""The CUDA kernels (the plugin's resample-accumulate and the fused feature step), checked on a
+machine without a GPU (and on one with).
 
 Why these checks can be trusted without a GPU:
-1. nvcc (13, on the CPU machines) compiles the kernel source for sm_80 and sm_90 on every run, with
-   the flags the TensorRT plugin's CMake build uses for the same file (-std=c++17, -fPIC) and the
-   half/bf16 restrictions torch's extension builder adds (-D__CUDA_NO_HALF_CONVERSIONS__ & co.), and
-   ptxas must report every kernel instantiation (3 dtypes x {accumulate, label}) for both archs.
-2. The same nvcc call links a host program (tests/csrc/resample_host_check.cu) that runs the
-   kernels' own __host__ __device__ per-pixel code (index math, fp32 accumulation, fp16/bf16
-   conversions, activation, online softmax) on the CPU; its results must match ganseg.ops.
+1. nvcc (13, on the CPU machines) compiles both kernel sources for sm_80 and sm_90 on every run,
+   with the flags the TensorRT plugin's CMake build uses (-std=c++17, -fPIC) and the half/bf16
+   restrictions torch's extension builder adds (-D__CUDA_NO_HALF_CONVERSIONS__ & co.), and ptxas
+   must report every kernel instantiation for both archs, without register spills in the fused ones.
+2. The same nvcc call links a host program (tests/csrc/) that runs the kernels' own code on the
+   CPU: the plugin kernel's __host__ __device__ per-pixel code, and the fused kernels' whole block
+   bodies (tile loads with the folded area-down reduction, warp sub-tiles, TF32 / 3xTF32 rounding,
+   epilogue, online softmax) with a serial executor in place of the WMMA fragments, on the plan of
+   the launcher's own make_plan; its results must match ganseg.ops.
 3. A NumPy emulation of the index formulas (same expressions as the .cuh) must reproduce
    ganseg.ops.resize, so a formula error shows up even where nvcc is missing.
 4. The dispatch: CPU tensors take the torch path without building anything, GANSEG_OPS_IMPL is
@@ -22,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +37,13 @@ from ganseg.errors import BadInput
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "ganseg" / "csrc"
-HOST_CHECK = ROOT / "tests" / "csrc" / "resample_host_check.cu"
+HOST_CHECK = [ROOT / "tests" / "csrc" / n for n in ("resample_host_check.cu", "fused_host_check.cu")]
+KERNEL_SOURCES = [CSRC / n for n in ("resample_accumulate.cu", "fused_features.cu")]
 ARCHS = ("sm_80", "sm_90")
-KERNELS = [f"{k}_kernel<{t}>" for k in ("resample_accumulate", "resample_label") for t in ("float", "__half", "__nv_bfloat16")]
+TYPES = ("float", "__half", "__nv_bfloat16")
+FUSED_KERNELS = ([f"project_groups_kernel<{t}>" for t in TYPES]
+                 + [f"fused_main_kernel<{t}, {b}>" for t in TYPES for b in ("false", "true")])
+KERNELS = [f"resample_accumulate_kernel<{t}>" for t in TYPES] + FUSED_KERNELS
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 ACT_CODES = {"none": 0, "relu": 1, "lrelu": 2}
 
@@ -55,9 +63,10 @@ def nvcc_build(tmp_path_factory):
                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
     cmd = [nvcc, "-std=c++17", "-O2", "--threads", "2", "-Xcompiler", "-fPIC,-Wall", "-Xptxas", "-v", *torch_flags,
            *[f"-gencode=arch=compute_{a[3:]},code={a}" for a in ARCHS],
-           f"-I{CSRC}", str(CSRC / "resample_accumulate.cu"), str(HOST_CHECK), "-o", str(out)]
+           f"-I{CSRC}", *map(str, KERNEL_SOURCES), *map(str, HOST_CHECK), "-o", str(out)]
+    t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    return {"cmd": cmd, "rc": r.returncode, "log": r.stdout + r.stderr, "exe": out}
+    return {"cmd": cmd, "rc": r.returncode, "log": r.stdout + r.stderr, "exe": out, "seconds": time.perf_counter() - t0}
 
 
 def _demangle(log: str) -> str:
@@ -79,6 +88,12 @@ def test_nvcc_compiles_every_kernel_for_sm80_and_sm90(nvcc_build):
     # no compiler warnings from our own sources (torch-free, plain CUDA C++)
     ours = [ln for ln in log.splitlines() if "warning" in ln.lower() and ("csrc" in ln)]
     assert not ours, "\n".join(ours)
+    # the tensor-core kernels keep their WMMA fragments and tiles in registers: a spill would put
+    # local-memory traffic into the inner loop (ptxas prints the spills after each entry function)
+    spills = re.findall(r"Compiling entry function '(.+?)' for '(sm_\d+)'\s*\n.*Function properties.*\n"
+                        r"\s*(\d+) bytes stack frame, (\d+) bytes spill stores", log)
+    fused = [(n, a, int(st)) for n, a, _, st in spills if any(k in n for k in FUSED_KERNELS)]
+    assert len(fused) == len(FUSED_KERNELS) * len(ARCHS) and all(st == 0 for *_, st in fused), fused
 
 
 def test_launchers_are_linkable_symbols(nvcc_build):
@@ -88,7 +103,8 @@ def test_launchers_are_linkable_symbols(nvcc_build):
     if nm is None:
         pytest.skip("nm (binutils) not on PATH")
     syms = subprocess.run([nm, "-C", str(nvcc_build["exe"])], capture_output=True, text=True).stdout
-    for name in ("ganseg::launch_resample_accumulate(", "ganseg::launch_resample_label(", "ganseg::check_args("):
+    for name in ("ganseg::launch_resample_accumulate(", "ganseg::check_args(", "ganseg::launch_fused_accumulate(",
+                 "ganseg::launch_fused_label(", "ganseg::check_feature_args(", "ganseg::make_plan("):
         assert name in syms, f"{name} missing from the compiled object"
 
 
@@ -101,16 +117,19 @@ def run_host_check(exe: Path, tmp: Path, maps: list[torch.Tensor], bias: torch.T
     blob += b"".join(m.float().contiguous().numpy().tobytes() for m in maps)
     if bias is not None:
         blob += bias.float().numpy().tobytes()
-    (tmp / "in.bin").write_bytes(blob)
-    r = subprocess.run([str(exe), str(tmp / "in.bin"), str(tmp / "out.bin")], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"host check exited {r.returncode}: {r.stderr}"
-    raw = (tmp / "out.bin").read_bytes()
-    n_out, n_pix = n * k * size * size, n * size * size
+    raw = _run_exe(exe, "projected", tmp, blob)
+    n_out = n * k * size * size
     out = np.frombuffer(raw, np.float32, n_out).reshape(n, k, size, size)
-    labels = np.frombuffer(raw, np.uint8, n_pix, offset=4 * n_out).reshape(n, size, size)
-    conf = np.frombuffer(raw, np.float32, n_pix, offset=4 * n_out + n_pix).reshape(n, size, size)
-    probes = np.frombuffer(raw, np.int32, 5, offset=4 * n_out + 5 * n_pix)
-    return torch.from_numpy(out.copy()), torch.from_numpy(labels.copy()), torch.from_numpy(conf.copy()), probes
+    probes = np.frombuffer(raw, np.int32, 5, offset=4 * n_out)
+    return torch.from_numpy(out.copy()), probes
+
+
+def _run_exe(exe: Path, mode: str, tmp: Path, blob: bytes) -> bytes:
+    (tmp / "in.bin").write_bytes(blob)
+    r = subprocess.run([str(exe), mode, str(tmp / "in.bin"), str(tmp / "out.bin")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, f"host check ({mode}) exited {r.returncode}: {r.stderr}"
+    return (tmp / "out.bin").read_bytes()
 
 
 # (dtype, activation, align_corners, K, size, resolutions): up (bilinear), identity, down (area,
@@ -135,20 +154,103 @@ def test_host_emulation_matches_ops(nvcc_build, tmp_path, dtype, activation, ali
     maps = [torch.randn(2, k, r, r, generator=g).to(dtype).double() for r in res]
     bias = torch.randn(k, generator=g).to(dtype).double()
     ref = ops.resample_projected(maps, bias, size, align_corners, activation, impl="torch")
-    out, labels, conf, probes = run_host_check(nvcc_build["exe"], tmp_path, maps, bias, size, align_corners,
-                                               activation, dtype)
+    out, probes = run_host_check(nvcc_build["exe"], tmp_path, maps, bias, size, align_corners, activation, dtype)
     scale = ref.abs().max().item()
     err = (out.double() - ref).abs().max().item() / scale
     assert err <= TOL[dtype], f"max relative error {err:.2e} > {TOL[dtype]:.0e}"
-    # labeling variant: argmax of the (pre-activation) logits, max softmax probability. Its logits
-    # never leave fp32 registers (nothing is stored in the dtype), so fp32 tolerances apply
-    logits = ops.resample_projected(maps, bias, size, align_corners, "none", impl="torch")
-    top2 = logits.topk(2, dim=1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 1e-4 * scale  # no near-tie that fp32 rounding could flip
-    assert clear.float().mean() > 0.99
-    assert torch.equal(labels.long()[clear], logits.argmax(1)[clear])
-    torch.testing.assert_close(conf.double(), logits.softmax(1).amax(1), atol=1e-5, rtol=0)
     assert probes.tolist() == [1] * 5, f"check_args accepted an invalid launch: {probes.tolist()}"
+
+
+# The fused feature kernels' block bodies on the CPU (tests/csrc/fused_host_check.cu)
+
+def run_fused_host_check(exe: Path, tmp: Path, feats: list[torch.Tensor], weight: torch.Tensor,
+                         bias: torch.Tensor | None, size: int, align_corners: bool, activation: str,
+                         dtype: torch.dtype, tf32_passes: int):
+    n, k = feats[0].shape[0], weight.shape[0]
+    header = [DTYPE_CODES[dtype], ACT_CODES[activation], int(align_corners), n, k, size, int(bias is not None),
+              len(feats), tf32_passes, *[v for f in feats for v in (f.shape[1], f.shape[-1])]]
+    blob = np.asarray(header, np.int32).tobytes() + b"".join(f.float().contiguous().numpy().tobytes() for f in feats)
+    blob += weight.float().contiguous().numpy().tobytes()
+    if bias is not None:
+        blob += bias.float().numpy().tobytes()
+    raw = _run_exe(exe, "fused", tmp, blob)
+    n_out, n_pix = n * k * size * size, n * size * size
+    out = np.frombuffer(raw, np.float32, n_out).reshape(n, k, size, size)
+    at = 4 * n_out
+    labels = np.frombuffer(raw, np.uint8, n_pix, offset=at).reshape(n, size, size)
+    conf = np.frombuffer(raw, np.float32, n_pix, offset=at + n_pix).reshape(n, size, size)
+    ent = np.frombuffer(raw, np.float32, n_pix, offset=at + 5 * n_pix).reshape(n, size, size)
+    tail = np.frombuffer(raw, np.int32, offset=at + 9 * n_pix).tolist()
+    num_groups = tail[1]
+    plan = {"num_main": tail[0], "group_res": tail[2:2 + num_groups], "blocks": tail[2 + num_groups],
+            "ws_floats": tail[3 + num_groups]}
+    probes = tail[4 + num_groups:]
+    return [torch.from_numpy(a.copy()) for a in (out, labels, conf, ent)], plan, probes
+
+
+# (dtype, tf32 passes, activation, align_corners, K, size, layers (r, C)): layers below the size (two
+# sharing 8², one group), at it, above it (area folded into the load: integral 32->16 / 64->16 and
+# non-integral 20->12, 36->12), output tiles crossing rows and a partial last tile (12² = 144 px),
+# channel counts not a multiple of the 32-channel chunk, K > 128 (two K tiles) and K < 32 (warps
+# past K skip their MMAs)
+FUSED_CASES = [
+    (torch.float32, 3, "lrelu", False, 13, 16, ((4, 40), (8, 20), (8, 12), (16, 36), (32, 10), (64, 5))),
+    (torch.float32, 1, "none", True, 13, 16, ((4, 40), (8, 20), (16, 36), (32, 10))),
+    (torch.float32, 3, "relu", False, 130, 12, ((5, 16), (7, 8), (12, 20), (20, 6), (36, 3))),
+    (torch.float16, 3, "none", False, 9, 12, ((5, 16), (7, 8), (12, 20), (20, 6))),
+    (torch.bfloat16, 3, "lrelu", True, 40, 16, ((4, 33), (8, 9), (16, 7), (32, 5))),
+]
+# relative to max |reference| (exact maths on the dtype-rounded inputs): 3xTF32 is FP32-accurate;
+# plain TF32 rounds both operands to 10 mantissa bits; FP16/BF16 also round the area-pooled operand
+# and the stored output, as torch's own FP16/BF16 op does
+FUSED_TOL = {(torch.float32, 3): 1e-5, (torch.float32, 1): 2e-3, (torch.float16, 3): 2e-3,
+             (torch.bfloat16, 3): 1.6e-2}
+
+
+@pytest.mark.parametrize("dtype,passes,activation,align_corners,k,size,layers", FUSED_CASES,
+                         ids=[f"{str(c[0])[6:]}x{c[1]}-{c[2]}-ac{int(c[3])}-K{c[4]}-S{c[5]}" for c in FUSED_CASES])
+def test_fused_host_emulation_matches_ops(nvcc_build, tmp_path, dtype, passes, activation, align_corners, k, size,
+                                          layers):
+    assert nvcc_build["rc"] == 0
+    g = torch.Generator().manual_seed(k * 100 + size)
+    feats = [torch.randn(2, c, r, r, generator=g).to(dtype).double() for r, c in layers]
+    total = sum(c for _, c in layers)
+    weight = (torch.randn(k, total, generator=g) / total**0.5).to(dtype).double()
+    bias = torch.randn(k, generator=g).to(dtype).double()
+    ref = ops.resample_accumulate(feats, weight, bias, size, align_corners, activation, impl="torch")
+    (out, labels, conf, ent), plan, probes = run_fused_host_check(
+        nvcc_build["exe"], tmp_path, feats, weight, bias, size, align_corners, activation, dtype, passes)
+    scale = ref.abs().max().item()
+    err = (out.double() - ref).abs().max().item() / scale
+    assert err <= FUSED_TOL[(dtype, passes)], f"max relative error {err:.2e} > {FUSED_TOL[(dtype, passes)]:.0e}"
+    # labeling variant: argmax / max softmax probability / entropy of the pre-activation logits
+    logits = ops.resample_accumulate(feats, weight, bias, size, align_corners, "none", impl="torch")
+    ref_labels, ref_conf, ref_ent = ops.resample_label(feats, weight, bias, size, align_corners, impl="torch")
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * FUSED_TOL[(dtype, passes)] * scale  # no near-tie rounding could flip
+    assert clear.float().mean() > 0.5
+    assert torch.equal(labels[clear], ref_labels[clear])
+    atol = 10 * FUSED_TOL[(dtype, passes)]
+    torch.testing.assert_close(conf.double(), ref_conf.double(), atol=atol, rtol=0)
+    torch.testing.assert_close(ent.double(), ref_ent.double(), atol=atol * np.log(k), rtol=0)
+    # the launcher's plan: layers at/above the size in the main kernel, one up group per resolution
+    # below it (largest reduction first), one projection block per 64 pixels per image
+    below = {}
+    for r, c in layers:
+        if r < size:
+            below[r] = below.get(r, 0) + c
+    assert plan["num_main"] == sum(r >= size for r, _ in layers)
+    assert sorted(plan["group_res"]) == sorted(below) and [below[r] for r in plan["group_res"]] == sorted(
+        below.values(), reverse=True)
+    assert plan["blocks"] == sum(2 * -(-r * r // 64) for r in below)
+    assert plan["ws_floats"] == sum(2 * k * r * r for r in below)
+    assert probes == [1] * 6, f"check_feature_args accepted an invalid launch: {probes}"
+
+
+def test_nvcc_compile_time_is_recorded(nvcc_build):
+    """The compile runs in every `make test` on 2 CI cores: keep it visible (and bounded)."""
+    assert nvcc_build["rc"] == 0
+    assert nvcc_build["seconds"] < 300, f"nvcc took {nvcc_build['seconds']:.0f} s for both kernels and archs"
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,12 +383,14 @@ def test_activation_and_projected_form(activation):
 def test_label_variant_torch_path():
     feats = _feats()
     w, b = torch.randn(7, 25, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
-    labels, conf = ops.resample_label(feats, w, b, 16)
+    labels, conf, ent = ops.resample_label(feats, w, b, 16)
     logits = ops.resample_accumulate_reference(feats, w, b, 16)
     assert labels.dtype == torch.uint8 and labels.shape == (2, 16, 16)
-    assert conf.dtype == torch.float32
+    assert conf.dtype == torch.float32 and ent.dtype == torch.float32 and ent.shape == (2, 16, 16)
     assert torch.equal(labels.long(), logits.argmax(1))
-    torch.testing.assert_close(conf, logits.softmax(1).amax(1).float())
+    p = logits.softmax(1)
+    torch.testing.assert_close(conf, p.amax(1).float())
+    torch.testing.assert_close(ent, -(p * p.log()).sum(1).float())
     with pytest.raises(BadInput, match="at most 256 classes"):
         ops.resample_label(feats, torch.randn(300, 25, dtype=torch.float64), None, 16)
 
@@ -357,10 +461,13 @@ def test_gpu_kernel_matches_torch(built_kernel, dtype, activation):
             assert out.dtype == dtype
             err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
             assert err <= {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype], err
-            labels, conf = ops.resample_label([f.to(dtype) for f in feats], w.to(dtype), b.to(dtype), size, impl="cuda")
+            labels, conf, ent = ops.resample_label([f.to(dtype) for f in feats], w.to(dtype), b.to(dtype), size,
+                                                   impl="cuda")
             logits = ops.resample_accumulate([f.double() for f in feats], w.double(), b.double(), size, impl="torch")
             assert (labels.long() == logits.argmax(1)).float().mean() > 0.99
-            torch.testing.assert_close(conf.double(), logits.softmax(1).amax(1), atol=3e-2, rtol=0)
+            p = logits.softmax(1)
+            torch.testing.assert_close(conf.double(), p.amax(1), atol=3e-2, rtol=0)
+            torch.testing.assert_close(ent.double(), -(p * p.log()).sum(1), atol=6e-2, rtol=0)
 
 
 @cuda_only

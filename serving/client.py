@@ -100,9 +100,11 @@ def model_palette(client, model: str, protocol: str) -> np.ndarray | None:
 
 
 def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, overlay: bool = True,
-               timeout: float | None = None):
+               timeout: float | None = None, overlay_size: int | None = None):
     """One request with one image (encoded bytes, or uint8 HWC for the raw model) ->
-    (mask uint8 HW, overlay PNG bytes or None)."""
+    (mask uint8 HW, overlay PNG bytes or None). OVERLAY is requested only when `overlay` (the
+    server computes it only then); `overlay_size` sets its long side (request parameter
+    `overlay_max_side`; default: the model's, 1024)."""
     mod = _module(protocol)
     if isinstance(data, np.ndarray):
         inp = mod.InferInput("IMAGE", [1, *data.shape], "UINT8")
@@ -114,6 +116,8 @@ def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, over
     kw = {}
     if timeout is not None:
         kw = {"client_timeout": timeout} if protocol == "grpc" else {"timeout": int(timeout * 1e6)}
+    if overlay and overlay_size is not None:
+        kw["parameters"] = {"overlay_max_side": int(overlay_size)}
     r = client.infer(model, [inp], outputs=outs, **kw)
     ov = r.as_numpy("OVERLAY") if overlay else None
     return r.as_numpy("MASK")[0], (bytes(ov.reshape(-1)[0]) if ov is not None else None)
@@ -154,7 +158,7 @@ def stopping_message(url: str) -> str:
 
 def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: str = "ganseg_segment",
                   concurrency: int = 1, overlay: bool = True, timeout: float = 60.0,
-                  on_result=None) -> list[Result]:
+                  on_result=None, overlay_size: int | None = None) -> list[Result]:
     """Segment files through the server, `concurrency` requests in flight (one client per thread).
 
     A bad image becomes a Result with `.error` (ganseg's one-line message from the header check
@@ -180,7 +184,7 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
             return Result(path, 0.0, error=" ".join(str(exc).split()))
         t0 = time.perf_counter()
         try:
-            mask, ov = infer_once(local.client, protocol, model, data, overlay, timeout)
+            mask, ov = infer_once(local.client, protocol, model, data, overlay, timeout, overlay_size)
             return Result(path, time.perf_counter() - t0, mask, ov)
         except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException and transport errors
             msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
@@ -277,8 +281,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["http", "grpc"], default="grpc")
     p.add_argument("--model", default="ganseg_segment", help="the image-bytes entry point to call")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    p.add_argument("--out", required=True, help="folder for NAME_mask.png and NAME_overlay.png")
-    p.add_argument("--no-overlay", action="store_true", help="masks only")
+    p.add_argument("--out", required=True,
+                   help="folder for NAME_mask.png, NAME_overlay.png and this run's contact sheet overlays[-N].png")
+    p.add_argument("--no-overlay", action="store_true", help="masks only (the server then computes no overlay)")
+    p.add_argument("--overlay-size", type=int, default=None,
+                   help="long side of NAME_overlay.png in pixels (default: the server's, 1024; never above the photo's)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--serve", action="store_true",
                    help="start a temporary server (free loopback ports) for this run, stop it after")
@@ -311,6 +318,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--repo only applies with --serve (otherwise pass --url of a running server)")
     if args.serve and args.url:
         raise UserError("--serve picks free ports itself; drop --url")
+    if args.overlay_size is not None and (args.overlay_size < 1 or args.no_overlay):
+        raise UserError(f"--overlay-size {args.overlay_size}: pass a positive number of pixels, without --no-overlay")
     out = check_out_dir(args.out)
     files = list_images(args.images)
     names = dict(zip(files, output_names(files)))
@@ -364,7 +373,8 @@ def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str,
 
     t0 = time.perf_counter()
     results = segment_files(files, url, args.protocol, args.model, args.concurrency,
-                            overlay=not args.no_overlay, timeout=args.timeout, on_result=on_result)
+                            overlay=not args.no_overlay, timeout=args.timeout, on_result=on_result,
+                            overlay_size=args.overlay_size)
     wall = time.perf_counter() - t0
     ok = [r for r in results if r.error is None]
     s = summarize([r.latency_s for r in ok], wall)

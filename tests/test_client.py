@@ -265,7 +265,17 @@ def test_masks_are_the_pipelines_fast_indexed_png_and_limits_are_checked_before_
     assert im.mode == "P" and np.array_equal(np.asarray(im.getpalette()[: 3 * len(PALETTE)]).reshape(-1, 3), PALETTE)
     assert mask.read_bytes() == label_png(np.asarray(im), PALETTE)  # the pipeline's one (fast) writer
     assert str(mask) in text and not (out / "huge_mask.png").exists()
-    assert good.is_file()
+    assert Image.open(out / "good_overlay.png").size == (40, 48)  # the server's preview: the photo is smaller
+    # --overlay-size asks the server for a smaller preview; --no-overlay for none (masks only)
+    assert cli.run(_args(str(good), "--url", server.grpc_url, "--overlay-size", "24", "--out", str(tmp_path / "o"))) == 0
+    assert max(Image.open(tmp_path / "o" / "good_overlay.png").size) == 24
+    assert np.array_equal(load_label_png(tmp_path / "o" / "good_mask.png"), np.asarray(im))  # mask at full size
+    assert cli.run(_args(str(good), "--url", server.grpc_url, "--no-overlay", "--out", str(tmp_path / "n"))) == 0
+    assert not list((tmp_path / "n").glob("*overlay*")) and (tmp_path / "n" / "good_mask.png").is_file()
+    from ganseg.errors import UserError
+
+    with pytest.raises(UserError, match="--overlay-size"):
+        cli.run(_args(str(good), "--url", server.grpc_url, "--overlay-size", "0", "--out", str(tmp_path / "n")))
 
 
 def test_output_names_are_one_rule() -> None:

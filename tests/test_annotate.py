@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganseg.annotate import make_server
+from ganseg.annotate import brush_offsets, make_server
 from ganseg.annotate.propose import ProposeConfig
 from ganseg.annotate.store import HISTORY
 from ganseg.cli import main
@@ -129,11 +129,9 @@ def wait_saved(page, timeout=10.0):
 
 # ------------------------------------------------------------------ reference masks (not the page's code)
 
-def disc(d):
-    """Offsets of a brush of diameter d: pixel centres within d/2 of the brush centre."""
-    c = 0.0 if d % 2 else -0.5
-    r = range(-(d // 2), -(d // 2) + d)
-    return [(dx, dy) for dy in r for dx in r if (dx - c) ** 2 + (dy - c) ** 2 <= (d / 2) ** 2]
+def test_brush_footprint():
+    assert brush_offsets(1) == [(0, 0)]
+    assert len(brush_offsets(3)) == 9 and len(brush_offsets(5)) == 21 and len(brush_offsets(4)) == 12
 
 
 def paint_segment(m, a, b, d, v):
@@ -142,7 +140,7 @@ def paint_segment(m, a, b, d, v):
     assert x0 == x1 or y0 == y1
     for x in range(min(x0, x1), max(x0, x1) + 1):
         for y in range(min(y0, y1), max(y0, y1) + 1):
-            for dx, dy in disc(d):
+            for dx, dy in brush_offsets(d):
                 if 0 <= x + dx < m.shape[1] and 0 <= y + dy < m.shape[0]:
                     m[y + dy, x + dx] = v
 

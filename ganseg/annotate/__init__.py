@@ -40,6 +40,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
 
 
+def brush_offsets(size: int) -> list[tuple[int, int]]:
+    """The pixels a brush dab of diameter `size` paints, as (dx, dy) from the pixel under the cursor:
+    pixel centres within size/2 of the brush centre (even sizes centre between pixels). The page's
+    `stamp` paints exactly these; scripts that plan strokes and the tests' reference masks use this."""
+    c, lo = (0.0 if size % 2 else -0.5), -(size // 2)
+    r = range(lo, lo + size)
+    return [(dx, dy) for dy in r for dx in r if (dx - c) ** 2 + (dy - c) ** 2 <= (size / 2) ** 2]
+
+
 def make_server(shots, labels=None, host: str = "127.0.0.1", port: int = 0, propose=None, log=print):
     """The store, proposer and HTTP server (not yet serving): what `run` and the tests start."""
     from ganseg.annotate.propose import ProposeConfig, Proposer

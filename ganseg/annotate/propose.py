@@ -31,7 +31,7 @@ class ProposeConfig:
     head: str = "linear"      # seconds per proposal on a CPU; `cnn` is better and ~6x slower (docs/fewshot.md)
     steps: int = 300          # optimizer steps per head
     ensemble: int = 3         # heads; their disagreement/entropy marks uncertain pixels
-    uncertain: float = 0.5    # a pixel is marked when entropy / log(K) exceeds this
+    uncertain: float = 0.35   # a pixel is marked when entropy / log(K) exceeds this
 
 
 @dataclass
@@ -84,12 +84,8 @@ class Proposer:
     def status(self) -> dict:
         j = self.job
         return {"state": j.state, "stage": j.stage, "progress": round(j.progress, 3), "message": j.message,
-                "trained_on": j.trained_on, "seconds": round(j.seconds, 1), "fresh": self.fresh(),
+                "trained_on": j.trained_on, "seconds": round(j.seconds, 1),
                 "ranking": self.ranking(), "uncertain": self.cfg.uncertain}
-
-    def fresh(self) -> bool:
-        """The proposals come from a head trained on exactly the masks saved now."""
-        return self.job.state == "done" and self.job.trained_on == self.store.annotated()
 
     def ranking(self) -> list[dict]:
         """Unannotated images, most uncertain first (Suggest next)."""

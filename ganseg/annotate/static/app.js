@@ -24,7 +24,7 @@ const hexToRgb = (h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16));
 
 const S = {
   images: [], classes: [], byName: {}, current: null, tool: "brush", cls: 1, size: 5, opacity: 0.55,
-  zoom: 1, panX: 0, panY: 0, showUnc: true, uncertain: 0.5, propose: null, commands: [],
+  zoom: 1, panX: 0, panY: 0, showUnc: true, uncertain: 0.35, propose: null, commands: [],
   stroke: null, poly: [], panning: null, spaceDown: false, hover: null, pendingApply: false, offline: false,
 };
 
@@ -179,9 +179,9 @@ function draw() {
   for (let i = 0; i < n; i++) {
     const v = s.mask[i], o = 4 * i;
     if (v !== 0) { const p = pal[v] || [255, 255, 255]; md.data[o] = p[0]; md.data[o + 1] = p[1]; md.data[o + 2] = p[2]; md.data[o + 3] = 255; }
-    if (s.unc && s.unc[i] > thr) { // checkerboard marks: visible on any class colour
-      const on = ((i % e.width) + Math.floor(i / e.width)) % 2 === 0;
-      ud.data[o] = on ? 255 : 0; ud.data[o + 1] = 0; ud.data[o + 2] = on ? 255 : 0; ud.data[o + 3] = on ? 210 : 120;
+    if (s.unc && s.unc[i] > thr) { // black/white checkerboard: no class colour looks like it
+      const v = ((i % e.width) + Math.floor(i / e.width)) % 2 ? 255 : 0;
+      ud.data[o] = ud.data[o + 1] = ud.data[o + 2] = v; ud.data[o + 3] = 170;
     }
   }
   maskCanvas.getContext("2d").putImageData(md, 0, 0);
@@ -343,13 +343,14 @@ window.addEventListener("beforeunload", (ev) => { if (unsaved().length) { ev.pre
 
 let polling = null;
 async function propose() {
-  const e = S.byName[S.current];
-  if (S.propose && S.propose.fresh) return applyProposal(e);
+  if (S.pendingApply) return status("a proposal is on its way");
+  S.pendingApply = true; // until the proposal is on screen (scripts wait for this to clear)
+  if (proposalFresh()) { await applyProposal(S.byName[S.current]); S.pendingApply = false; return; }
   await saveAll(); // train on what is on screen
   try {
     S.propose = await api("POST", "/api/propose");
-    S.pendingApply = true; showPropose(); poll();
-  } catch (err) { showError(err.message); }
+    showPropose(); poll();
+  } catch (err) { S.pendingApply = false; showError(err.message); }
 }
 function poll() {
   clearTimeout(polling);
@@ -373,13 +374,19 @@ async function applyProposal(e) {
   render();
   status(`proposal for ${e.name} from a head trained on ${p.trained_on.length} shot(s): correct it, it is saved as you go (Ctrl+Z undoes it)`);
 }
+function proposalFresh() {
+  // The head behind the proposals was trained on exactly the masks saved now (else P retrains).
+  const p = S.propose, now = S.images.filter((e) => e.annotated).map((e) => e.name);
+  return !!p && p.state === "done" && unsaved().length === 0 && now.length === p.trained_on.length &&
+    now.every((n) => p.trained_on.includes(n));
+}
 function showPropose() {
   const p = S.propose;
   if (!p) return;
   S.uncertain = p.uncertain;
   $("progress-bar").style.width = `${Math.round(100 * p.progress)}%`;
   $("propose-status").textContent = p.state === "running" ? `${p.stage}…` :
-    p.state === "done" ? `${p.message}${p.fresh ? "" : " (masks saved since: P retrains)"}` : p.message || "";
+    p.state === "done" ? `${p.message}${proposalFresh() ? "" : " (masks saved since: P retrains)"}` : p.message || "";
   const list = $("suggestions");
   list.replaceChildren(...p.ranking.slice(0, 8).map((r) => {
     const li = document.createElement("li");
@@ -438,7 +445,7 @@ async function go(name) {
   if (S.current !== name) return;
   fit(); render();
   const e = S.byName[name];
-  const hint = S.propose && S.propose.fresh && !e.annotated && e.s.edits === 0 ? " — proposal ready: press P" : "";
+  const hint = proposalFresh() && !e.annotated && e.s.edits === 0 ? " — proposal ready: press P" : "";
   status(`${name} (${e.width}×${e.height})${e.annotated ? " annotated" : ""}${hint}`);
 }
 function step(d) {

@@ -213,6 +213,7 @@ def test_paint_fill_polygon_undo_redo_classes_autosave_pixel_exact(app, shots):
     assert np.array_equal(saved, expected), f"{(saved != expected).sum()} pixels differ"
     assert read_labels_json(shots).class_names[:2] == ("background", "skin")  # what train-head reads
     assert "annotated" in page.get_attribute("#image-list li:first-child", "class")
+    assert f"ganseg train-head --shots {shots}" in page.inner_text("#commands")  # what to run when done
 
 
 def test_two_tabs_stale_save_refused_then_overwrite_keeps_backup(app, shots):
@@ -238,6 +239,46 @@ def test_two_tabs_stale_save_refused_then_overwrite_keeps_backup(app, shots):
     assert np.array_equal(load_label_png(shots / "seed0001_mask.png"), page_mask(b))
     backup = shots / HISTORY / "seed0001_mask.1.png"
     assert np.array_equal(load_label_png(backup), mask_a)  # the other tab's version is kept
+
+
+def start_cli_server(folder: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """The real `ganseg annotate` process; returns it and the URL it prints."""
+    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "annotate", str(folder), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    while "open http" not in line:
+        assert line, proc.stderr.read()
+        line = proc.stdout.readline()
+    return proc, line.split("open ", 1)[1].split()[0]
+
+
+def test_server_killed_then_restarted_loses_no_edit(browser, shots):
+    proc, url = start_cli_server(shots)
+    context = browser.new_context(viewport={"width": 1280, "height": 820})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.evaluate("window.annotator.ready")
+        page.evaluate("window.annotator.setView(6, 10, 10)")
+        page.keyboard.press("1")
+        drag(page, [(5.5, 10.5), (50.5, 10.5)])
+        wait_saved(page)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        page.keyboard.press("2")
+        drag(page, [(5.5, 30.5), (50.5, 30.5)])       # painted while no server runs
+        page.wait_for_selector("#banner:not([hidden])", timeout=10000)
+        assert "server not reachable" in page.inner_text("#banner")
+        proc, _ = start_cli_server(shots, port=int(url.rsplit(":", 1)[1].strip("/")))
+        page.wait_for_function("document.getElementById('banner').hidden", timeout=15000)  # the retry saved it
+        wait_saved(page)
+        assert np.array_equal(load_label_png(shots / f"{page.evaluate('window.annotator.state.current')}_mask.png"),
+                              page_mask(page))
+        assert set(np.unique(page_mask(page))) == {0, 1, 2}
+    finally:
+        context.close()
+        proc.kill()
+        proc.wait(10)
 
 
 def test_propose_on_two_shots_fills_editable_mask_and_suggests(browser, shots, tmp_path):
@@ -346,14 +387,8 @@ def test_api_refuses_wrong_masks_and_counts_backups(shots):
 def test_server_killed_mid_save_leaves_whole_masks(shots):
     """SIGKILL the real `ganseg annotate` process while a client saves as fast as it can: every mask
     on disk afterwards is one of the masks sent, never half of one; a restart cleans temp files."""
-    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "annotate", str(shots), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, url = start_cli_server(shots)
     try:
-        line = proc.stdout.readline()
-        while "open http" not in line:
-            assert line, proc.stderr.read()
-            line = proc.stdout.readline()
-        url = line.split("open ", 1)[1].split()[0]
         sent, stop = set(), threading.Event()
 
         def hammer():

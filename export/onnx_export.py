@@ -79,12 +79,6 @@ def load_unet_checked(path: str | os.PathLike | None) -> tuple[Any, Path]:
     return unet, file
 
 
-def _state_sha256(module: torch.nn.Module) -> str:
-    from ganseg.synthesize import fingerprint
-
-    return fingerprint(module)
-
-
 class _Fp16Wrapper(torch.nn.Module):
     """float32 in -> half net -> float32 out, so the fp16 file keeps float32 I/O."""
 
@@ -171,7 +165,9 @@ def export_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if isinstance(unet_or_path, torch.nn.Module):
-        unet, source_sha = unet_or_path, _state_sha256(unet_or_path)
+        from ganseg.heads_meta import state_sha256
+
+        unet, source_sha = unet_or_path, state_sha256(unet_or_path)
     else:
         unet, file = load_unet_checked(unet_or_path)
         source_sha = sha256_file(file)
@@ -182,7 +178,7 @@ def export_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, 
     k = unet.cfg.num_classes
     names = list(class_names or getattr(unet, "class_names", None) or [])
     if not names:
-        from ganseg.synthesize import default_class_names
+        from ganseg.heads_meta import default_class_names
         names = default_class_names(k)
     if len(names) != k:
         raise UserError(f"{len(names)} class names for a UNet with {k} classes; pass {k} names")

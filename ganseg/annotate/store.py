@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ganseg.errors import BadInput, MissingFile, UserError
-from ganseg.images import load_rgb, write_atomic
+from ganseg.images import write_atomic
 from ganseg.labels import (CLASS_NAMES, LabelFileError, LabelSet, LabelFileMissing, load_label_png, palette_for,
                            read_labels_json, save_label_png, write_labels_json)
 
@@ -204,9 +204,6 @@ class ShotStore:
 
     def annotated(self) -> list[str]:
         return [n for n in self.images if self.status(n)["annotated"]]
-
-    def rgb(self, name: str) -> np.ndarray:
-        return load_rgb(self.image_path(name))
 
     # ---------------------------------------------------------------- classes
 

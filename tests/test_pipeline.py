@@ -197,18 +197,18 @@ def served(tmp_path_factory):
     from ganseg.serving.repository import build_repository
     from ganseg.serving.server import TritonServer
 
-    repo = build_repository(tmp_path_factory.mktemp("pipeline") / "repo")  # bundled default UNet, BLS
+    repo = build_repository(tmp_path_factory.mktemp("pipeline") / "repo", pipeline="both")  # bundled default UNet
     with TritonServer(repo, ready_timeout=120) as srv:
         import tritonclient.grpc as grpcclient
 
         yield grpcclient, grpcclient.InferenceServerClient(srv.grpc_url)
 
 
-def _infer(served, data: bytes, outputs=("MASK",), parameters=None):
+def _infer(served, data: bytes, outputs=("MASK",), parameters=None, model="ganseg_segment"):
     mod, client = served
     inp = mod.InferInput("IMAGE", [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[data]], dtype=object))
-    return client.infer("ganseg_segment", [inp], outputs=[mod.InferRequestedOutput(o) for o in outputs],
+    return client.infer(model, [inp], outputs=None if outputs is None else [mod.InferRequestedOutput(o) for o in outputs],
                         parameters=parameters, client_timeout=120)
 
 
@@ -237,6 +237,19 @@ def test_served_overlay_only_when_requested(served, photo_12mp) -> None:
     assert ov.size == (1000, 750)  # long side <= 1024: 1/4 DCT scale of 4000x3000, never full size
     r = _infer(served, photo_12mp, outputs=("MASK", "OVERLAY"), parameters={"overlay_max_side": 300})
     assert max(Image.open(io.BytesIO(bytes(r.as_numpy("OVERLAY").reshape(-1)[0]))).size) == 300
+
+
+def test_ensemble_overlay_follows_the_request_parameter(served) -> None:
+    """The ensemble's pre step cannot see the requested outputs: overlay_max_side (forwarded by Triton
+    to every step) sizes or, at 0, turns off its OVERLAY; MASK is the same either way."""
+    data, _ = _face_photo(7_000_003, (640, 480))
+    every = _infer(served, data, outputs=None, model="ganseg_segment_ensemble", parameters={"overlay_max_side": 0})
+    assert every.as_numpy("OVERLAY") is None  # all outputs asked for, none made
+    small = _infer(served, data, outputs=("MASK", "OVERLAY"), model="ganseg_segment_ensemble",
+                   parameters={"overlay_max_side": 100})
+    assert Image.open(io.BytesIO(bytes(small.as_numpy("OVERLAY").reshape(-1)[0]))).size == (100, 75)
+    assert np.array_equal(every.as_numpy("MASK"), small.as_numpy("MASK"))
+    assert np.array_equal(every.as_numpy("MASK"), _infer(served, data).as_numpy("MASK"))  # BLS: the same mask
 
 
 def test_served_size_limit(served) -> None:

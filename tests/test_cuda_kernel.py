@@ -395,6 +395,103 @@ def test_label_variant_torch_path():
         ops.resample_label(feats, torch.randn(300, 25, dtype=torch.float64), None, 16)
 
 
+def test_tf32_passes_follow_torch_allow_tf32():
+    """FP32 inputs: 3xTF32 (FP32-accurate) unless the user opted into TF32 matmuls in torch."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert ops.tf32_passes() == 3
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert ops.tf32_passes() == 1
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_cuda_args_are_the_kernels_layout():
+    feats = [f.transpose(2, 3) for f in _feats(torch.float32)]  # non-contiguous views
+    w = torch.randn(4, 25, 1, 1, dtype=torch.float64)  # a 1x1 conv weight, another dtype
+    f, w2, b = ops._cuda_args(feats, w, torch.zeros(4, dtype=torch.float64))
+    assert all(x.is_contiguous() for x in f) and w2.shape == (4, 25) and w2.dtype == b.dtype == torch.float32
+    with pytest.raises(ValueError, match="input channels"):
+        ops._cuda_args(feats, torch.randn(4, 24), None)
+
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(k) or original(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "cnn"])
+def test_heads_pass_their_first_activation_into_the_op(monkeypatch, kind):
+    """The body's leading LeakyReLU(0.2) runs in the fused op (the kernel's epilogue on CUDA): same
+    logits as projection -> LeakyReLU -> rest of the body, same state-dict keys as before."""
+    from ganseg import heads
+
+    head = heads.SegmentationHead(heads.HeadConfig(kind=kind, num_classes=5, feature_channels=[6, 5, 7, 3, 4],
+                                                   feature_layers=[0, 1, 2, 3, 4], size=16)).double().eval()
+    calls = _spy(monkeypatch, heads, "resample_accumulate")
+    feats = _feats()
+    with torch.no_grad():
+        out = head(feats)
+        x = head.project(feats)
+        ref = head.body(x)  # the unfused composition: body[0] is the LeakyReLU
+    assert [c["activation"] for c in calls] == ["none" if kind == "linear" else "lrelu", "none"]
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert kind == "linear" or any(k.startswith("body.1.") for k in head.state_dict())
+
+
+def test_linear_head_labels_by_the_labeling_variant(monkeypatch):
+    from ganseg import heads
+
+    cfg = heads.HeadConfig(kind="linear", num_classes=6, feature_channels=[6, 5, 7, 3, 4],
+                           feature_layers=[0, 1, 2, 3, 4], size=16)
+    head = heads.SegmentationHead(cfg).double().eval()
+    calls = _spy(monkeypatch, heads, "resample_label")
+    feats = _feats()
+    with torch.no_grad():
+        labels, conf, ent = head.label(feats)
+        logp = head(feats).log_softmax(1)
+    assert len(calls) == 1
+    assert torch.equal(labels.long(), logp.argmax(1))
+    torch.testing.assert_close(ent.double(), -(logp.exp() * logp).sum(1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="linear head"):
+        heads.SegmentationHead(heads.HeadConfig(kind="cnn", num_classes=6, feature_channels=cfg.feature_channels,
+                                                feature_layers=cfg.feature_layers, size=16)).label(feats)
+
+
+def test_synthesize_labels_linear_heads_without_a_class_map(monkeypatch):
+    """`ganseg synthesize`: a linear head (no top-k targets) is labelled by the op's labeling variant
+    (on CUDA the fused kernel: no logits in memory), with the labels and uncertainty of the probs path."""
+    from ganseg import heads, synthesize
+    from ganseg.stylegan2 import Generator, GeneratorConfig
+
+    G = Generator(GeneratorConfig(resolution=16, channels=[16, 16, 8], z_dim=16, w_dim=16, mapping_layers=1)).eval()
+    head = heads.head_for(G, "linear", 4).eval()
+    cfg = synthesize.SynthConfig(n=2, batch=2)
+    calls = _spy(monkeypatch, heads, "resample_label")
+    fused = synthesize.label_batch(G, head, [0, 1], cfg)
+    assert len(calls) == 1
+    probs_path = synthesize.label_batch(G, head, [0, 1], synthesize.SynthConfig(n=2, batch=2, soft_topk=2))
+    assert len(calls) == 1  # top-k targets need the class probabilities: the logits path
+    np.testing.assert_array_equal(fused["labels"], probs_path["labels"])
+    np.testing.assert_allclose(fused["uncertainty"], probs_path["uncertainty"], rtol=1e-5)
+
+
+def test_synthesize_defaults_to_cuda_when_visible(monkeypatch):
+    """On a CUDA machine `ganseg synthesize` runs on the GPU (hence the kernel, under no_grad) by default."""
+    import argparse
+
+    from ganseg import synthesize
+
+    for visible, device in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda v=visible: v)
+        p = argparse.ArgumentParser()
+        synthesize.add_arguments(p)
+        assert p.get_default("device") == device
+
+
 def test_nhwc_layout_only_on_cpu():
     """Issue 9: the NHWC choice was measured on CPU; it must not leak onto other devices."""
     src = (ROOT / "ganseg" / "ops.py").read_text()
@@ -425,8 +522,72 @@ def test_gpu_kernel_check_smoke(tmp_path):
         cuda_rows = [row for row in parity + res["timings"] if row.get("impl") == "cuda"]
         assert cuda_rows and all(row["status"] == "absent" and "no CUDA device" in row["reason"] for row in cuda_rows)
     assert any(row["status"] == "ok" for row in res["timings"])
+    gen = [row for row in res["timings"] if row["op"].startswith("generator synthesis")]
+    assert gen and gen[0]["status"] == "ok" and res["generator_ms"] == gen[0]["median_ms"]
+    fused = [row for row in res["timings"] if row["status"] == "ok" and row["op"].startswith("fused op")]
+    assert fused and all(row["flops"] > 0 and row["bytes"] > 0 and row["of_generator"] > 0 for row in fused)
+    assert all(row["bound_ms"] is None for row in fused)  # CPU: no PEAKS entry, said so
     md = (tmp_path / "gpu_kernel_check.md").read_text()
     assert "## Parity" in md and "## Timings" in md and "| fused op | torch | fp32 |" in md
+    assert "x bound" in md and "unknown device 'cpu'" in md
+    # --budget-s: the sizes not started are listed, the file is still written
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_kernel_check.py"), "--smoke", "--budget-s", "0",
+                        "--sizes", "16", "32", "--out", str(tmp_path / "budget")], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "budget" / "gpu_kernel_check.json").read_text())
+    assert res["sizes_skipped_for_budget"] == [16, 32] and not res["parity"]
+
+
+# --------------------------------------------------------------------------------------------
+# The roofline arithmetic of the GPU checks
+
+def _gkc():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_kernel_check
+
+    return gpu_kernel_check
+
+
+CONFIG_F = [(512, 4)] + [(c, r) for c, r in ((512, 8), (512, 16), (512, 32), (512, 64), (256, 128), (128, 256),
+                                              (64, 512), (32, 1024)) for _ in range(2)]
+
+
+def test_roofline_peaks_by_device_name():
+    gkc = _gkc()
+    assert gkc.peak_for("NVIDIA H200").name == "H200 SXM" and gkc.peak_for("NVIDIA H200").hbm_tb_s == 4.8
+    assert gkc.peak_for("NVIDIA H100 80GB HBM3").name == "H100 SXM"
+    assert gkc.peak_for("NVIDIA H100 PCIe").name == "H100 PCIe"
+    assert gkc.peak_for("NVIDIA A100-SXM4-80GB").name == "A100 80GB"
+    assert gkc.peak_for("NVIDIA A100-SXM4-40GB").name == "A100 40GB"
+    assert gkc.peak_for("NVIDIA GeForce RTX 4090") is None and gkc.peak_for(None) is None
+    rl = gkc.roofline({"flops": 1e12, "bytes": 1e9}, None, "BF16")
+    assert rl["bound_ms"] is None and "unknown device" in rl["bound_by"]
+
+
+def test_roofline_of_the_issue_19_step():
+    """512² from a 1024² config-f generator (17 layers, 5568 channels), K = 128, batch 1: ~20.8 GFLOP
+    of projection (1024² layers area-pooled first) and ~0.66 GB of FP32 traffic; on an H200 the
+    step is memory-bound at ~0.14 ms (FP32 inputs, 3xTF32) / ~0.07 ms (BF16)."""
+    gkc = _gkc()
+    shapes = [(c, r, 1) for c, r in CONFIG_F]
+    assert sum(c for c, _ in CONFIG_F) == 5568 and len(CONFIG_F) == 17
+    fp32 = gkc.step_cost(shapes, 1, 128, 512, 4)
+    assert fp32["flops"] == 2 * 128 * sum(c * min(r, 512) ** 2 for c, r in CONFIG_F) == 20_755_513_344
+    assert fp32["bytes"] == 4 * (sum(c * r * r for c, r in CONFIG_F) + 128 * 512 * 512 + 128 * 5568) == 662_700_032
+    h200 = gkc.peak_for("NVIDIA H200")
+    rl = gkc.roofline(fp32, h200, "3xTF32")
+    assert rl["compute_ms"] == pytest.approx(3 * 20.755513344e9 / 494.7e12 * 1e3)
+    assert rl["memory_ms"] == pytest.approx(0.6627e9 / 4.8e12 * 1e3, rel=1e-3)
+    assert rl["bound_by"] == "memory" and rl["bound_ms"] == pytest.approx(0.138, abs=1e-3)
+    bf16 = gkc.roofline(gkc.step_cost(shapes, 1, 128, 512, 2), h200, "BF16")
+    assert bf16["bound_ms"] == pytest.approx(0.069, abs=1e-3) and bf16["bound_by"] == "memory"
+    # plain FP32 on the CUDA cores would be compute-bound (the torch op's cuBLAS FP32 rows)
+    assert gkc.roofline(fp32, h200, "FP32")["bound_by"] == "compute"
+    lab = gkc.step_cost(shapes, 1, 10, 512, 4, labeling=True)
+    assert lab["bytes"] == 4 * (sum(c * r * r for c, r in CONFIG_F) + 10 * 5568) + 9 * 512 * 512
+    assert gkc.tensor_core_mode(torch.float32, 3) == "3xTF32" and gkc.tensor_core_mode(torch.float32, 1) == "TF32"
+    assert gkc.tensor_core_mode(torch.bfloat16, 3) == "BF16"
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,3 +643,82 @@ def test_gpu_auto_uses_kernel_without_grad_and_torch_with_grad(built_kernel):
     assert w.grad is not None
     with pytest.raises(BadInput, match="forward-only"):
         ops.resample_accumulate(feats, w, None, 16, impl="cuda")
+
+
+@cuda_only
+def test_gpu_fused_step_is_one_cuda_graph(built_kernel):
+    """No host sync, shape-only allocations: the whole step (weight fold included) replays from one
+    CUDA graph and gives the eager result; K = 130 (two K tiles), S = 40 (tiles cross rows)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    feats = [torch.randn(1, c, r, r, device="cuda", generator=g) for r, c in ((4, 40), (8, 24), (16, 20), (64, 8), (80, 4))]
+    w = torch.randn(130, 96, device="cuda", generator=g) / 96**0.5
+    b = torch.randn(130, device="cuda", generator=g)
+    scale = torch.rand(96, device="cuda", generator=g) + 0.5
+
+    def step():
+        with torch.no_grad():
+            out = ops.resample_accumulate(feats, w * scale[None], b, 40, activation="lrelu", impl="cuda")
+            labels, conf, ent = ops.resample_label(feats, w[:10] * scale[None], b[:10], 40, impl="cuda")
+        return out, labels, conf, ent
+
+    eager = step()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b2 in zip(eager, static):
+        assert torch.equal(a, b2)
+    ref = ops.resample_accumulate([f.double() for f in feats], (w * scale[None]).double(), b.double(), 40,
+                                  activation="lrelu", impl="torch")
+    assert ((eager[0].double() - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+@cuda_only
+def test_gpu_tf32_follows_allow_tf32(built_kernel):
+    g = torch.Generator(device="cuda").manual_seed(2)
+    feats = [torch.randn(1, c, r, r, device="cuda", generator=g) for r, c in ((8, 64), (32, 64), (64, 32))]
+    w = torch.randn(32, 160, device="cuda", generator=g) / 160**0.5
+    ref = ops.resample_accumulate([f.double() for f in feats], w.double(), None, 32, impl="torch")
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        errs = {}
+        for allow in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            with torch.no_grad():
+                out = ops.resample_accumulate(feats, w, None, 32, impl="cuda")
+            errs[allow] = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert errs[False] <= 1e-5 < errs[True] <= 8 * 2.0**-11, errs  # 3xTF32 is FP32-accurate, TF32 is not
+
+
+@cuda_only
+def test_gpu_synthesize_uses_the_kernel(built_kernel, monkeypatch):
+    """`ganseg synthesize` on CUDA: the CNN head's first layer and a linear head's labels both run
+    the fused kernel ("auto" under no_grad), with the CPU path's results."""
+    from ganseg import heads, synthesize
+    from ganseg.stylegan2 import Generator, GeneratorConfig
+
+    mod = ops_cuda.load()
+    calls = []
+    for name in ("fused_accumulate", "fused_label"):
+        original = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    G = Generator(GeneratorConfig(resolution=32, channels=[32, 32, 16, 16], z_dim=16, w_dim=16, mapping_layers=1))
+    G = G.cuda().eval()
+    cfg = synthesize.SynthConfig(n=2, batch=2)
+    for kind, name in (("cnn", "fused_accumulate"), ("linear", "fused_label")):
+        head = heads.head_for(G, kind, 4).cuda().eval()
+        calls.clear()
+        out = synthesize.label_batch(G, head, [0, 1], cfg)
+        assert name in calls
+        monkeypatch.setenv(ops.ENV_IMPL, "torch")
+        ref = synthesize.label_batch(G, head, [0, 1], cfg)
+        monkeypatch.delenv(ops.ENV_IMPL)
+        assert (out["labels"] == ref["labels"]).mean() > 0.99

@@ -41,4 +41,10 @@ perf-analyzer: $(PERF_VENV)/bin/perf_analyzer
 bench: venv perf-analyzer
 	$(BIN)/python benchmarks/bench.py
 
-.PHONY: venv browser demo test perf-analyzer bench
+# Adopt a generator as the bundled default if the quality probe finds it better than the current one:
+# re-distils the default UNet, reruns the few-shot/auto-shot tables, rewrites the cards (tools/adopt.py)
+# make adopt G=gen.safetensors D=disc.safetensors [BUDGET=quick]
+adopt: venv
+	$(BIN)/python tools/adopt.py $(G) $(D) --budget $(or $(BUDGET),full)
+
+.PHONY: venv browser demo test perf-analyzer bench adopt

@@ -106,10 +106,12 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, pad: tuple[int
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(n, c, h * up, w * up)
     p0, p1 = pad
+    weight = (kernel * gain).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, -1, -1)
+    if p0 == p1 >= 0:  # symmetric zero padding: the conv pads for free (no padded copy in memory)
+        return F.conv2d(x, weight, padding=p0, groups=c)
     x = F.pad(x, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
     if p0 < 0 or p1 < 0:
         x = x[:, :, max(-p0, 0): x.shape[2] - max(-p1, 0), max(-p0, 0): x.shape[3] - max(-p1, 0)]
-    weight = (kernel * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(c, 1, 1, 1)
     return F.conv2d(x, weight, groups=c)
 
 

@@ -935,18 +935,3 @@ def split_seeds(split: str, n: int) -> list[int]:
     if n < 0 or n > stop - start:
         raise ValueError(f"split {split!r} holds {stop - start} seeds; cannot take n={n}")
     return list(range(start, start + int(n)))
-
-
-_MOVED_TO_LABELS = ("save_label_png", "load_label_png", "write_labels_json")
-
-
-def __getattr__(name: str):
-    """Label-file I/O moved to ganseg.labels; old `from ganseg.faces import ...` keeps working."""
-    if name in _MOVED_TO_LABELS:
-        import warnings
-
-        from ganseg import labels
-
-        warnings.warn(f"ganseg.faces.{name} moved to ganseg.labels.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(labels, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -221,11 +221,11 @@ class StyledConv(nn.Module):
         if noise is not None:  # explicit per-image noise [N, 1, R, R] (GAN inversion optimizes it)
             x = x + noise * self.noise_strength
         elif noise_mode == "const":
-            x = x + self.noise_const * self.noise_strength
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         elif noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
             x = x + noise * self.noise_strength
-        return leaky_relu_gain(x + self.bias[None, :, None, None], self.clamp)
+        return leaky_relu_gain(x + self.bias.to(x.dtype)[None, :, None, None], self.clamp)
 
 
 class ToRGB(nn.Module):
@@ -236,7 +236,8 @@ class ToRGB(nn.Module):
         self.clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x, w) + self.bias[None, :, None, None]
+        x = self.conv(x, w)
+        x = x + self.bias.to(x.dtype)[None, :, None, None]
         return x.clamp(-self.clamp, self.clamp) if self.clamp is not None else x
 
 
@@ -447,7 +448,7 @@ class EqualConv2d(nn.Module):
         else:
             x = F.conv2d(x, w, padding=self.kernel_size // 2)
         if self.bias is not None:
-            x = x + self.bias[None, :, None, None]
+            x = x + self.bias.to(x.dtype)[None, :, None, None]
         return leaky_relu_gain(x) if self.activation else x
 
 

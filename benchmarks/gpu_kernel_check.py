@@ -113,8 +113,10 @@ def roofline(cost: dict, peak: Peak | None, mode: str) -> dict:
     if peak is None:
         return {"bound_ms": None, "bound_by": "unknown device (no PEAKS entry)"}
     tflops = {"BF16": peak.bf16_tflops, "FP16": peak.bf16_tflops, "TF32": peak.tf32_tflops,
-              "3xTF32": peak.tf32_tflops / 3, "FP32": peak.fp32_tflops}[mode]
-    compute_ms = cost["flops"] / (tflops * 1e12) * 1e3
+              "3xTF32": peak.tf32_tflops / 3, "FP32": peak.fp32_tflops}.get(mode)
+    if tflops is None and cost["flops"]:
+        raise ValueError(f"no peak for math mode {mode!r} (a row with FLOPs needs BF16, FP16, TF32, 3xTF32 or FP32)")
+    compute_ms = cost["flops"] / (tflops * 1e12) * 1e3 if cost["flops"] else 0.0
     memory_ms = cost["bytes"] / (peak.hbm_tb_s * 1e12) * 1e3
     return {"bound_ms": max(compute_ms, memory_ms), "compute_ms": compute_ms, "memory_ms": memory_ms,
             "bound_by": "compute" if compute_ms >= memory_ms else "memory"}
@@ -439,7 +441,12 @@ def main(argv=None) -> int:
                         with torch.no_grad():
                             return ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)
                     if impl == "cuda graph":
-                        call = graph_of(call)
+                        try:
+                            call = graph_of(call)
+                        except Exception as exc:  # noqa: BLE001 - not capturable is a result, not a crash
+                            timings.append(absent(f"CUDA graph capture failed: {type(exc).__name__}: "
+                                                  f"{str(exc).splitlines()[0][:200]}", **row))
+                            continue
                     # torch / reference run cuBLAS FP32 (TF32 off) or BF16 tensor cores
                     timed_row(row, call, cost, mode if impl.startswith("cuda") else
                               ("FP32" if dname == "fp32" else "BF16"))
@@ -467,7 +474,7 @@ def main(argv=None) -> int:
                 pcost = {"flops": 0, "bytes": sum(m.numel() for m in maps) * elt + args.batch * K * size * size * elt}
                 kernel_vs_torch("plugin kernel (projected maps)",
                                 lambda impl: ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl),
-                                pcost, "none", "none")
+                                pcost, None, None)
                 del fd, maps
     except Exception:  # noqa: BLE001 - recorded with its traceback, and the exit code says so
         error = traceback.format_exc()

@@ -586,8 +586,28 @@ def test_roofline_of_the_issue_19_step():
     assert gkc.roofline(fp32, h200, "FP32")["bound_by"] == "compute"
     lab = gkc.step_cost(shapes, 1, 10, 512, 4, labeling=True)
     assert lab["bytes"] == 4 * (sum(c * r * r for c, r in CONFIG_F) + 10 * 5568) + 9 * 512 * 512
+    # a row without FLOPs (the plugin kernel on projected maps) is bound by its bytes alone
+    moved = gkc.roofline({"flops": 0, "bytes": 4.8e9}, h200, None)
+    assert moved["bound_ms"] == pytest.approx(1.0) and moved["bound_by"] == "memory"
+    with pytest.raises(ValueError, match="math mode"):
+        gkc.roofline(fp32, h200, None)
     assert gkc.tensor_core_mode(torch.float32, 3) == "3xTF32" and gkc.tensor_core_mode(torch.float32, 1) == "TF32"
     assert gkc.tensor_core_mode(torch.bfloat16, 3) == "BF16"
+
+
+def test_gpu_kernel_check_rows_carry_their_bound(tmp_path, monkeypatch):
+    """The smoke run with a known device's peaks (as on an H200): every measured row with a model
+    gets bound, bound_by and measured / bound, and the table prints them."""
+    gkc = _gkc()
+    monkeypatch.setattr(gkc, "peak_for", lambda name: gkc.PEAKS[0][1])
+    assert gkc.main(["--smoke", "--sizes", "16", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu_kernel_check.json").read_text())
+    rows = [r for r in res["timings"] if r["status"] == "ok" and not r["op"].startswith("generator")]
+    assert {r["op"].split(" (")[0] for r in rows} == {"fused op", "label variant", "plugin kernel"}
+    assert all(r["bound_ms"] > 0 and r["x_bound"] == pytest.approx(r["median_ms"] / r["bound_ms"]) for r in rows)
+    assert {r["tensor_cores"] for r in rows if r["op"].startswith("fused")} == {"FP32", "BF16"}  # torch paths
+    md = (tmp_path / "gpu_kernel_check.md").read_text()
+    assert "H200 SXM: 494.7 TF32" in md
 
 
 # --------------------------------------------------------------------------------------------

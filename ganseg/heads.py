@@ -58,7 +58,9 @@ class FusedProjection(nn.Module):
     def folded_weight(self) -> torch.Tensor:
         """Per-layer standardization (activation scales differ ~10x between layers), folded into
         the weight's columns: scaling the feature maps themselves would copy all of them."""
-        return self.weight * self.scales.repeat_interleave(self.channels)[None]
+        # output_size given: without it repeat_interleave reads `channels` back to the host (a
+        # device sync on CUDA, which would also break CUDA-graph capture of the labeling step)
+        return self.weight * self.scales.repeat_interleave(self.channels, output_size=self.weight.shape[1])[None]
 
     def forward(self, feats: Sequence[torch.Tensor], activation: str = "none") -> torch.Tensor:
         return resample_accumulate(feats, self.folded_weight(), self.bias, self.size, self.align_corners,

@@ -667,18 +667,25 @@ def test_gpu_auto_uses_kernel_without_grad_and_torch_with_grad(built_kernel):
 
 @cuda_only
 def test_gpu_fused_step_is_one_cuda_graph(built_kernel):
-    """No host sync, shape-only allocations: the whole step (weight fold included) replays from one
-    CUDA graph and gives the eager result; K = 130 (two K tiles), S = 40 (tiles cross rows)."""
+    """No host sync, shape-only allocations: the whole step — a head's first layer with its weight
+    fold and fused activation, a linear head's labeling — replays from one CUDA graph and gives the
+    eager result; K = 130 (two K tiles), S = 40 (tiles cross rows), a 80² layer area-pooled."""
+    from ganseg import heads
+
     g = torch.Generator(device="cuda").manual_seed(1)
-    feats = [torch.randn(1, c, r, r, device="cuda", generator=g) for r, c in ((4, 40), (8, 24), (16, 20), (64, 8), (80, 4))]
-    w = torch.randn(130, 96, device="cuda", generator=g) / 96**0.5
-    b = torch.randn(130, device="cuda", generator=g)
-    scale = torch.rand(96, device="cuda", generator=g) + 0.5
+    layout = ((4, 40), (8, 24), (16, 20), (64, 8), (80, 4))
+    feats = [torch.randn(1, c, r, r, device="cuda", generator=g) for r, c in layout]
+    first = heads.FusedProjection([c for _, c in layout], 130, 40, False).cuda()
+    linear = heads.FusedProjection([c for _, c in layout], 10, 40, False).cuda()
+    with torch.no_grad():
+        for p in (first, linear):
+            p.bias.normal_()
+            p.scales.uniform_(0.5, 2.0)
 
     def step():
         with torch.no_grad():
-            out = ops.resample_accumulate(feats, w * scale[None], b, 40, activation="lrelu", impl="cuda")
-            labels, conf, ent = ops.resample_label(feats, w[:10] * scale[None], b[:10], 40, impl="cuda")
+            out = first(feats, activation="lrelu")
+            labels, conf, ent = linear.label(feats)
         return out, labels, conf, ent
 
     eager = step()
@@ -694,8 +701,9 @@ def test_gpu_fused_step_is_one_cuda_graph(built_kernel):
     torch.cuda.synchronize()
     for a, b2 in zip(eager, static):
         assert torch.equal(a, b2)
-    ref = ops.resample_accumulate([f.double() for f in feats], (w * scale[None]).double(), b.double(), 40,
-                                  activation="lrelu", impl="torch")
+    with torch.no_grad():
+        ref = ops.resample_accumulate([f.double() for f in feats], first.folded_weight().double(), first.bias.double(),
+                                      40, activation="lrelu", impl="torch")
     assert ((eager[0].double() - ref).abs().max() / ref.abs().max()).item() <= 1e-5
 
 

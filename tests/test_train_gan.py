@@ -1,6 +1,7 @@
 """GAN trainer: it learns (losses move, weights change) and resumes bit-for-bit."""
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -130,3 +131,17 @@ def test_warm_start_from_a_generator_and_discriminator(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode != 0 and "does not fit generator" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_train_throughput_benchmark_tiny_mode(tmp_path):
+    """benchmarks/train_throughput.py --quick writes its JSON, table and plot with a positive rate."""
+    import json
+
+    r = subprocess.run([sys.executable, "benchmarks/train_throughput.py", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "train_throughput.json").read_text())
+    row = doc["rows"][0]
+    assert row["img_per_s"] > 0 and row["r1_step_ms"] > 0 and abs(row["steps_per_s"] * row["batch"] - row["img_per_s"]) < 1e-6 * row["img_per_s"]
+    assert doc["recorded"] and "before" in (tmp_path / "train_throughput.md").read_text()
+    assert (tmp_path / "train_throughput.png").stat().st_size > 1000

@@ -40,10 +40,11 @@ import gpu  # noqa: E402
 import inprocess  # noqa: E402
 import served  # noqa: E402
 import synthesis_throughput  # noqa: E402
+import train_throughput  # noqa: E402
 from common import (RESULTS, environment, environment_markdown, fmt, loaded_note, markdown_table, pyplot,  # noqa: E402
                     result_stem, save_figure, write_json, write_text)
 
-SECTIONS = ("served", "inprocess", "realsize", "fused", "synthesis", "gpu")
+SECTIONS = ("served", "inprocess", "realsize", "fused", "synthesis", "train", "gpu")
 GOALS = {"served_over_inprocess": 0.85, "p99_over_p50_c8": 2.0}
 
 
@@ -74,6 +75,8 @@ class BenchConfig:
     synthesis_quick: bool = True
     synthesis_heads: list[str] = field(default_factory=lambda: ["linear", "cnn"])
     synthesis_repeats: int = 3
+    # GAN training steps (train_throughput.py; a CUDA row per resolution when a GPU is present)
+    train_quick: bool = False
     quick: bool = False
 
     @classmethod
@@ -163,6 +166,9 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict:
                 plan = synthesis_throughput.default_plan(quick=cfg.synthesis_quick)
                 sec = {"rows": synthesis_throughput.measure_rows(plan, heads=cfg.synthesis_heads,
                                                                  repeats=cfg.synthesis_repeats, log=log)}
+            elif name == "train":
+                sec = {"rows": train_throughput.measure_rows(train_throughput.default_points(cfg.train_quick), log=log),
+                       "recorded": train_throughput.RECORDED}
             elif name == "gpu":
                 device = "cpu" if cfg.quick else None
                 sec = {"rows": gpu.gpu_rows(unet if cfg.quick else None, onnx_path, device=device, quick=cfg.quick,
@@ -329,6 +335,9 @@ def markdown(doc: dict) -> str:
                      f"{s['fused'].get('features')})\n\n" + fused_memory.table(s["fused"]["rows"]))
     if "synthesis" in s:
         parts.append("\n## Synthesis: generator alone vs with labelling\n\n" + synthesis_throughput.table(s["synthesis"]["rows"]))
+    if "train" in s:
+        parts.append("\n## GAN training steps (train-gan, R1 amortized)\n\n"
+                     + train_throughput.table(s["train"]["rows"], s["train"]["recorded"]))
     if "gpu" in s:
         parts.append("\n## GPU\n\n" + (f"{s['gpu']['note']}\n\n" if s["gpu"].get("note") else "")
                      + gpu.table(s["gpu"]["rows"]))

@@ -46,7 +46,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import absent, environment, environment_markdown, markdown_table, measure, write_json, write_text  # noqa: E402
+from common import (absent, environment, environment_markdown, markdown_table, measure, pyplot, save_figure,  # noqa: E402
+                    write_json, write_text)
 
 from ganseg import ops, ops_cuda  # noqa: E402
 from ganseg.stylegan2 import Generator, GeneratorConfig  # noqa: E402
@@ -502,10 +503,38 @@ def main(argv=None) -> int:
               "error": error, "seconds": time.perf_counter() - t_start}
     write_json(out_dir / "gpu_kernel_check.json", result)
     write_text(out_dir / "gpu_kernel_check.md", render_markdown(result))
+    plot_timings(result, out_dir / "gpu_kernel_check.png")
     print(f"wrote {out_dir / 'gpu_kernel_check.json'} and .md; parity {'PASS' if not failed else 'FAIL'}"
           f" ({sum(r.get('status') == 'ok' for r in parity)} measured, {len(failed)} failed)"
           + (f"; sizes {skipped} skipped (--budget-s {args.budget_s})" if skipped else ""), flush=True)
     return 1 if failed or error else 0
+
+
+def plot_timings(res: dict, path: Path) -> None:
+    """Fused-op and label-variant times per size and impl (log scale), with the device's bound and
+    the generator's own synthesis time as reference lines: how far each path is from the hardware."""
+    plt = pyplot()
+    ops_ = [o for o in dict.fromkeys(r["op"] for r in res["timings"]) if not o.startswith(("generator", "plugin"))]
+    fig, axes = plt.subplots(1, max(len(ops_), 1), figsize=(6 * max(len(ops_), 1), 4), squeeze=False)
+    for ax, op in zip(axes[0], ops_):
+        rows = [r for r in res["timings"] if r["op"] == op and r.get("status") == "ok"]
+        for (impl, dname) in dict.fromkeys((r["impl"], r["dtype"]) for r in rows):
+            pts = sorted((r["size"], r["median_ms"]) for r in rows if (r["impl"], r["dtype"]) == (impl, dname))
+            ax.plot(*zip(*pts), marker="o", label=f"{impl} {dname}")
+        for dname in dict.fromkeys(r["dtype"] for r in rows):
+            bound = sorted({(r["size"], r["bound_ms"]) for r in rows if r["dtype"] == dname and r.get("bound_ms")})
+            if bound:
+                ax.plot(*zip(*bound), linestyle=":", color="black", label=f"bound {dname}")
+        if res.get("generator_ms"):
+            ax.axhline(res["generator_ms"], color="grey", linestyle="--", label="generator synthesis")
+        sizes = sorted({r["size"] for r in rows})
+        ax.set(title=op, xlabel="output size", ylabel="ms per call", yscale="log")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes or [1], [f"{s}²" for s in sizes] or [""])
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{res['device']}: fused feature step ({res['mode']} mode)")
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def render_markdown(res: dict) -> str:

@@ -530,6 +530,7 @@ def test_gpu_kernel_check_smoke(tmp_path):
     md = (tmp_path / "gpu_kernel_check.md").read_text()
     assert "## Parity" in md and "## Timings" in md and "| fused op | torch | fp32 |" in md
     assert "x bound" in md and "unknown device 'cpu'" in md
+    assert (tmp_path / "gpu_kernel_check.png").read_bytes()[:4] == b"\x89PNG"
     # --budget-s: the sizes not started are listed, the file is still written
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_kernel_check.py"), "--smoke", "--budget-s", "0",
                         "--sizes", "16", "32", "--out", str(tmp_path / "budget")], capture_output=True, text=True,

@@ -149,9 +149,8 @@ def tf32_passes() -> int:
 def _cuda_args(feats: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None):
     """The kernel's operands: contiguous features, the [K, ΣC_l] weight and [K] bias in their dtype."""
     dtype = feats[0].dtype
+    split_weight(weight, [f.shape[1] for f in feats])  # the channel-count check, with its message
     w = weight.reshape(weight.shape[0], -1).to(dtype).contiguous()
-    if w.shape[1] != sum(f.shape[1] for f in feats):
-        raise ValueError(f"weight has {w.shape[1]} input channels, features have {sum(f.shape[1] for f in feats)}")
     b = None if bias is None else bias.to(dtype).contiguous()
     return [f.contiguous() for f in feats], w, b
 

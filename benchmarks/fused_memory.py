@@ -94,9 +94,9 @@ def worker(case: str, method: str, kind: str, mode: str, features: str = "genera
     head = head_for(G, kind, num_classes=10, size=size)
     if method == "materialized":  # same head, first layer through the reference op
         proj = head.project
-        proj.forward = lambda fs: resample_accumulate_reference(
+        proj.forward = lambda fs, activation="none": resample_accumulate_reference(
             fs, proj.weight * proj.scales.repeat_interleave(proj.channels)[None], proj.bias, proj.size,
-            proj.align_corners)
+            proj.align_corners, activation)
     target = torch.randint(0, 10, (1, size, size))
     base = reset_peak_rss()
     t = time.perf_counter()

@@ -65,11 +65,12 @@ class AdoptBudget:
     synth_n: int = 3000
     unet_steps: int = 2000
     fewshot_heads: str = "linear,mlp,cnn"
+    fewshot: bool = True        # rerun docs/fewshot.md's protocol (inverts the same images again)
 
 
 BUDGETS = {
     "full": AdoptBudget(),
-    "quick": AdoptBudget(probe_n=500, invert_steps=100, head_steps=300, synth_n=1000, unet_steps=500),
+    "quick": AdoptBudget(probe_n=500, invert_steps=80, head_steps=300, synth_n=800, unet_steps=400, fewshot=False),
     "tiny": AdoptBudget(probe_n=24, n_test=4, n_test_unet=8, invert_steps=2, head_steps=2, synth_n=8,
                         unet_steps=2, fewshot_heads="cnn"),
 }
@@ -159,9 +160,18 @@ def wait_all(procs: dict[str, subprocess.Popen], logs: Path) -> None:
         raise RuntimeError(f"{', '.join(failed)} failed; nothing was adopted\n{tails}")
 
 
+def autoshot_dir(work: Path, b: AdoptBudget, staging: Path) -> Path:
+    """autoshot_eval's working folder for this candidate and budget: its finished jobs are reused
+    only by a rerun of the same adoption (its settings stamp names the staged path, the same for
+    every candidate)."""
+    g = hashlib.sha256((staging / "default_generator.safetensors").read_bytes()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(asdict(b), sort_keys=True).encode()).hexdigest()[:8]
+    return work / f"autoshot-{g}-{key}"
+
+
 def autoshot_cmd(b: AdoptBudget, staging: Path, work: Path, jobs: str) -> list:
     return [sys.executable, "-m", "ganseg.bootstrap", "benchmarks/autoshot_eval.py", "--jobs", jobs,
-            "--out", work / "autoshot", "--results", staging / "results",
+            "--out", autoshot_dir(work, b, staging), "--results", staging / "results",
             "--ckpt", staging / "default_generator.safetensors",
             "--discriminator", staging / "default_discriminator.safetensors",
             "--n-test", b.n_test, "--n-test-unet", b.n_test_unet, "--invert-steps", b.invert_steps,
@@ -187,36 +197,39 @@ def fewshot_stage(plan: dict) -> None:
 
 
 def tables(b: AdoptBudget, staging: Path, work: Path, resolution: int) -> None:
-    """Autoshot (heads, auto-shot UNets) in one process; few-shot then supervised UNets in another."""
+    """Two processes, one per core: the heads (inversions) and the 10- and 5-shot auto-shot UNets;
+    the few-shot protocol, the supervised UNets and the 1-shot auto-shot UNet (its head is long
+    written by then). Then the table."""
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (work / "autoshot").mkdir(parents=True, exist_ok=True)
+    runs = autoshot_dir(work, b, staging)
+    runs.mkdir(parents=True, exist_ok=True)
     cache = real_cache(work, b, resolution)
     todo = []
-    for n in (10, 100, 1000):
+    for n in (1000, 100, 10):
         cached = cache / f"unet_real_n{n}"
         if (cached / "unet.safetensors").is_file():
-            shutil.copytree(cached, work / "autoshot" / f"unet_real_n{n}", dirs_exist_ok=True)
+            shutil.copytree(cached, runs / f"unet_real_n{n}", dirs_exist_ok=True)
         else:
             todo.append(f"real{n}")
     plan = {"G": str(staging / "default_generator.safetensors"), "D": str(staging / "default_discriminator.safetensors"),
             "heads": b.fewshot_heads, "n_test": b.n_test, "invert_steps": b.invert_steps,
             "head_steps": b.head_steps, "out": str(staging / "results")}
     (work / "fewshot_plan.json").write_text(json.dumps(plan))
-    procs = {"autoshot": run_checked("autoshot", autoshot_cmd(b, staging, work, "heads,auto10,auto5,auto1"),
+    procs = {"autoshot": run_checked("autoshot", autoshot_cmd(b, staging, work, "heads,auto10,auto5"),
                                      logs / "autoshot.log")}
-    fewshot = [sys.executable, Path(__file__).resolve(), "--stage", "fewshot", "--plan", work / "fewshot_plan.json"]
-    if todo:  # one shell line: few-shot first, then the supervised UNets, on the second core
-        line = " && ".join(shlex.join(map(str, cmd)) for cmd in (fewshot, autoshot_cmd(b, staging, work, ",".join(todo))))
-        procs["fewshot_real"] = run_checked("fewshot_real", ["bash", "-c", line], logs / "fewshot_real.log")
-    else:
-        procs["fewshot_real"] = run_checked("fewshot_real", fewshot, logs / "fewshot_real.log")
+    second = [autoshot_cmd(b, staging, work, ",".join(todo + ["auto1"]))]
+    if b.fewshot:
+        second.insert(0, [sys.executable, Path(__file__).resolve(), "--stage", "fewshot", "--plan",
+                          work / "fewshot_plan.json"])
+    line = " && ".join(shlex.join(map(str, cmd)) for cmd in second)
+    procs["second"] = run_checked("second", ["bash", "-c", line], logs / "second.log")
     wait_all(procs, logs)
     for n in (10, 100, 1000):
         if not (cache / f"unet_real_n{n}" / "unet.safetensors").is_file():
-            shutil.copytree(work / "autoshot" / f"unet_real_n{n}", cache / f"unet_real_n{n}", dirs_exist_ok=True)
+            shutil.copytree(runs / f"unet_real_n{n}", cache / f"unet_real_n{n}", dirs_exist_ok=True)
     wait_all({"table": run_checked("table", autoshot_cmd(b, staging, work, "table"), logs / "table.log")}, logs)
-    shutil.copyfile(work / "autoshot" / "unet_auto_k10" / "unet.safetensors", staging / "default_unet.safetensors")
+    shutil.copyfile(runs / "unet_auto_k10" / "unet.safetensors", staging / "default_unet.safetensors")
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,10 +318,21 @@ def rewrite_docs(staging: Path, q1: dict, q07: dict, unet: dict, b: AdoptBudget,
                  f"Per-class IoU on those {thousands(b.n_test_unet)} test images: {per_class}.",
                  f"{p}: per-class sentence", missing)
     new[p] = t
-    # docs/fewshot.md: the table and the PSNR line
-    fs = json.loads((staging / "results" / "fewshot_eval.json").read_text())
+    # docs/fewshot.md: the table and the PSNR line, or a note that this budget did not rerun them
     p = Path("docs/fewshot.md")
     t = (ROOT / p).read_text()
+    if not b.fewshot:
+        note = (f"**Not rerun for the generator adopted {today}** (`{budget}` budget of tools/adopt.py): the table "
+                f"below is the previous generator's; its CNN rows for the new one are the invert+cnn rows of "
+                f"benchmarks/results/autoshot_eval.md (same shots, test images and protocol).")
+        if re.search(r"^\*\*Not rerun for ", t, flags=re.M):
+            t = sub_line(t, r"^\*\*Not rerun for [^\n]*$", note, f"{p}: note", missing)
+        else:
+            t = t.replace("\n\n", f"\n\n{note}\n\n", 1)
+        new[p] = t
+        return new | readme_figures(staging, b, budget, missing)
+    t = re.sub(r"^\*\*Not rerun for [^\n]*\n\n", "", t, flags=re.M)  # rerun now
+    fs = json.loads((staging / "results" / "fewshot_eval.json").read_text())
     table = (staging / "results" / "fewshot_eval.md").read_text().strip()
     t, n = re.subn(r"^\| method \| shots \| mIoU .*?(?=\n\n)", lambda m: table, t, count=1, flags=re.M | re.S)
     if n == 0:
@@ -317,7 +341,11 @@ def rewrite_docs(staging: Path, q1: dict, q07: dict, unet: dict, b: AdoptBudget,
                  f"Mean inversion PSNR: test {fs['psnr_test_mean']:.2f} dB, shots {fs['psnr_shots_mean']:.2f} dB.",
                  f"{p}: PSNR line", missing)
     new[p] = t
-    # README: the auto-shot table's two method rows and the goal ratios
+    return new | readme_figures(staging, b, budget, missing)
+
+
+def readme_figures(staging: Path, b: AdoptBudget, budget: str, missing: list[str]) -> dict[Path, str]:
+    """README: the auto-shot table's two method rows, the goal ratios and the status figures."""
     ae = json.loads((staging / "results" / "autoshot_eval.json").read_text())
     fam = {(r["family"], r["shots"]): r["miou"] for r in ae["rows"] if r.get("family") in ("invert", "auto", "real")}
     f3 = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -349,8 +377,7 @@ def rewrite_docs(staging: Path, q1: dict, q07: dict, unet: dict, b: AdoptBudget,
     t = sub_line(t, r"^Comparison on the rendered test split \(.*?recipe[^)]*\):",
                  f"Comparison on the rendered test split (`python benchmarks/autoshot_eval.py`, {b.n_test} test images, "
                  f"{ae['resolution']}²;\nsame shots, same head, same UNet recipe{recipe}):", f"{p}: comparison line", missing)
-    new[p] = t
-    return new
+    return {p: t}
 
 
 def samples_png(G_path: Path, dest: Path) -> None:

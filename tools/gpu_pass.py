@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         pack(out, work, log)
     if "kernel" not in skip:
         cmd = [py, "-m", "ganseg.bootstrap", "benchmarks/gpu_kernel_check.py", "--out", str(work / "kernel")]
-        reserve = 30 if args.smoke else 90  # keep some for gpu.py
+        reserve = 30 if args.smoke else 60  # keep a minute for gpu.py
         stage("kernel", cmd + (["--smoke"] if args.smoke else []), min(240, budget.left() - reserve), log, work)
         pack(out, work, log)
     if "gpu" not in skip:  # on a CPU every GPU row is recorded as absent, in seconds

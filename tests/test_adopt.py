@@ -45,6 +45,16 @@ def test_at_resolution_compares_at_the_lower_size():
     assert small.resolution == 32 and tuple(img.shape) == (2, 3, 32, 32)
 
 
+def test_bad_input_is_one_line_before_any_work(tmp_path, capsys):
+    weights = ROOT / "ganseg" / "weights"
+    assert adopt.main([str(weights / "default_generator.safetensors"), str(weights / "default_unet.safetensors"),
+                       "--work", str(tmp_path)]) == 2
+    assert "not a ganseg discriminator file" in capsys.readouterr().err
+    assert adopt.main([str(tmp_path), "--work", str(tmp_path)]) == 2  # a folder without checkpoint.pt
+    assert "no checkpoint.pt" in capsys.readouterr().err
+    assert not (tmp_path / "probe.json").exists()
+
+
 def digest(root: Path, rels) -> dict:
     return {r: hashlib.sha256((root / r).read_bytes()).hexdigest() for r in rels}
 

@@ -2,6 +2,7 @@
 
     make adopt G=gen.safetensors D=disc.safetensors [BUDGET=quick]
     python tools/adopt.py G D [--budget full|quick] [--work runs/adopt] [--dry-run]
+    python tools/adopt.py runs/gan64_warm              # a train-gan run folder: its checkpoint's EMA G + D
 
 Whoever has a better generator in hand (a GPU run's `tools/gpu_pass.py` export, a longer CPU run's
 `export_bundle`) finishes the job with this one command (issue 16):
@@ -458,8 +459,9 @@ def describe_source(g_path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("G", nargs="?", help="candidate generator .safetensors (ganseg format, e.g. export_bundle's)")
-    p.add_argument("D", nargs="?", help="its discriminator .safetensors")
+    p.add_argument("G", nargs="?", help="candidate generator .safetensors (ganseg format, e.g. export_bundle's), "
+                                        "or a train-gan run folder (its checkpoint's EMA generator + D)")
+    p.add_argument("D", nargs="?", help="its discriminator .safetensors (not with a run folder)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     p.add_argument("--work", default="runs/adopt", help="working folder (tables' runs, logs, replaced files)")
     p.add_argument("--dry-run", action="store_true", help="do everything but the swap; print what would change")
@@ -472,12 +474,31 @@ def main(argv: list[str] | None = None) -> int:
     from ganseg.errors import BadInput, UserError, one_line
 
     try:
-        if not (args.G and args.D):
-            raise BadInput("pass the candidate generator and its discriminator: tools/adopt.py G.safetensors D.safetensors")
-        return adopt(Path(args.G).resolve(), Path(args.D).resolve(), args.budget, ROOT / args.work, args.dry_run)
+        work = ROOT / args.work
+        if args.G and Path(args.G).is_dir() and not args.D:
+            g_path, d_path = from_run(Path(args.G), work / "candidate")
+        elif args.G and args.D:
+            g_path, d_path = Path(args.G).resolve(), Path(args.D).resolve()
+        else:
+            raise BadInput("pass the candidate generator and its discriminator (tools/adopt.py G.safetensors "
+                           "D.safetensors) or a train-gan run folder (tools/adopt.py runs/NAME)")
+        return adopt(g_path, d_path, args.budget, work, args.dry_run)
     except UserError as exc:
         print(f"adopt: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def from_run(run: Path, dest: Path) -> tuple[Path, Path]:
+    """A train-gan run folder's checkpoint as the shipped pair (export_bundle: EMA generator + D, fp16)."""
+    from ganseg.errors import MissingFile
+    from ganseg.training.train_gan import export_bundle
+
+    if not (run / "checkpoint.pt").is_file():
+        raise MissingFile(f"{run}: no checkpoint.pt; pass a train-gan run folder or G and D .safetensors files")
+    dest.mkdir(parents=True, exist_ok=True)
+    g_path, d_path = export_bundle(run, dest)
+    print(f"[adopt] exported {run}/checkpoint.pt -> {g_path}, {d_path}", flush=True)
+    return g_path.resolve(), d_path.resolve()
 
 
 def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool) -> int:

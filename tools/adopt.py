@@ -556,6 +556,8 @@ def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool) ->
     print(f"[adopt] adopted in {time.time() - t0:.0f} s; changed: {', '.join(changed)}")
     if missing:
         print(f"[adopt] not found, update by hand: {'; '.join(missing)}")
+    print("[adopt] figures and tables are rewritten, words are not: reread the prose around them "
+          "(README status and auto-shot paragraph, the cards' descriptions of the generator)")
     return 0
 
 

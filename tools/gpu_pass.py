@@ -245,7 +245,9 @@ def summary_md(log: dict, work: Path) -> str:
     if "gan" in log:
         g = log["gan"]
         lines += [f"GAN: {g['resolution']}², {g.get('kimg', 0):.1f} kimg, {g.get('img_per_s', 0):.0f} img/s "
-                  f"over {g.get('wall_seconds', 0):.0f} s of training; init {g.get('init') or 'none (fresh)'}", ""]
+                  f"over {g.get('wall_seconds', 0):.0f} s of training; init {g.get('init') or 'none (fresh)'}", "",
+                  "Next, on the project machine: `make adopt G=default_generator.safetensors "
+                  "D=default_discriminator.safetensors` (these files; the probe decides)", ""]
     lines += ["| stage | rc | seconds |", "|---|---|---:|"]
     lines += [f"| {s['stage']} | {s.get('rc')} | {s.get('seconds', '–')} |" for s in log["stages"]]
     if (work / "profile.txt").is_file():

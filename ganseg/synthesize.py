@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from ganseg.errors import BadInput, MissingFile
 from ganseg.heads import HeadEnsemble, SegmentationHead
+from ganseg.heads_meta import default_class_names, state_sha256
 from ganseg.images import to_uint8, write_atomic
 from ganseg.ops import resize
 from ganseg.sample import z_from_seeds
@@ -215,22 +216,6 @@ def make_shard(G, head: Head, cfg: SynthConfig, k: int, num_classes: int) -> tup
 # --------------------------------------------------------------------------------------------
 # Files
 
-def fingerprint(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes, bytes): which weights made a dataset."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def default_class_names(k: int) -> list[str]:
-    from ganseg.labels import CLASS_NAMES
-
-    return list(CLASS_NAMES) if k == len(CLASS_NAMES) else [f"class{i}" for i in range(k)]
-
-
 def dataset_identity(G, head: Head, cfg: SynthConfig) -> dict:
     heads = list(head.heads) if isinstance(head, HeadEnsemble) else [head]
     k = heads[0].cfg.num_classes
@@ -239,8 +224,8 @@ def dataset_identity(G, head: Head, cfg: SynthConfig) -> dict:
     if len(ident["class_names"]) != k:
         raise BadInput(f"{len(ident['class_names'])} class names given, the head has {k} classes")
     doc = {"config": ident,
-           "generator": {"config": G.cfg.to_dict(), "sha256": fingerprint(G)},
-           "head": {"configs": [h.cfg.to_dict() for h in heads], "sha256": fingerprint(head),
+           "generator": {"config": G.cfg.to_dict(), "sha256": state_sha256(G)},
+           "head": {"configs": [h.cfg.to_dict() for h in heads], "sha256": state_sha256(head),
                     "uncertainty": "ensemble" if isinstance(head, HeadEnsemble) else "entropy"},
            "resolution": heads[0].cfg.size, "num_classes": k}
     return json.loads(json.dumps(doc))  # tuples -> lists, so it compares equal to a parsed manifest

@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     p.add_argument("--work", default="runs/adopt", help="working folder (tables' runs, logs, replaced files)")
     p.add_argument("--dry-run", action="store_true", help="do everything but the swap; print what would change")
+    p.add_argument("--probe-only", action="store_true", help="the probe and its verdict only (minutes)")
     p.add_argument("--stage", choices=["fewshot"], help=argparse.SUPPRESS)
     p.add_argument("--plan", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -482,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise BadInput("pass the candidate generator and its discriminator (tools/adopt.py G.safetensors "
                            "D.safetensors) or a train-gan run folder (tools/adopt.py runs/NAME)")
-        return adopt(g_path, d_path, args.budget, work, args.dry_run)
+        return adopt(g_path, d_path, args.budget, work, args.dry_run, args.probe_only)
     except UserError as exc:
         print(f"adopt: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
@@ -501,7 +502,7 @@ def from_run(run: Path, dest: Path) -> tuple[Path, Path]:
     return g_path.resolve(), d_path.resolve()
 
 
-def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool) -> int:
+def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool = False, probe_only: bool = False) -> int:
     import ganseg
     from ganseg.checkpoints import load_generator
     from ganseg.training.train_gan import load_init
@@ -521,8 +522,8 @@ def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool) ->
     (work / "probe.json").write_text(json.dumps({"candidate": str(g_path), "budget": budget, "verdict": verdict,
                                                  **q1}, indent=1) + "\n")
     print(f"[adopt] probe ({time.time() - t0:.0f} s): {verdict}", flush=True)
-    if not better:
-        print("[adopt] not adopted; nothing changed.")
+    if not better or probe_only:
+        print("[adopt] not adopted; nothing changed." if not better else "[adopt] --probe-only: nothing changed.")
         return 0
     staging = work / "staging"
     shutil.rmtree(staging, ignore_errors=True)

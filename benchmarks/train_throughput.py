@@ -39,6 +39,17 @@ RECORDED = [
      "threads": 2, "device": "cpu", "precision": "fp32", "steps_per_s": 0.521, "img_per_s": 8.3,
      "clock": "wall, load average 0.3-3.0", "date": "2026-11-30", "command": "as above"},
 ]
+# The same trainer of d6fa92d against this one, interleaved in one process (so both saw the same
+# load, here 5-6 on 2 cores): 2 rounds of 16 steps each (R1 in 1 of 16), after 2 warm-up steps.
+_AB = ("old trainer + generator module loaded from `git show d6fa92d:...` beside this tree's, "
+       "both GANTrainer(TrainGANConfig(resolution=64, channels=[256,256,256,128,64], batch=16)), "
+       "rounds alternate old/new, median of 2 rounds")
+RECORDED += [
+    {"label": label, "resolution": 64, "channels": [256, 256, 256, 128, 64], "batch": 16, "threads": threads,
+     "device": "cpu", "precision": prec, "steps_per_s": sps, "img_per_s": 16 * sps,
+     "clock": "wall, interleaved A/B, load average 5-6", "date": "2026-11-30", "command": _AB}
+    for label, threads, prec, sps in [("A/B: before (d6fa92d)", 1, "fp32", 0.171), ("A/B: after", 1, "auto", 0.349),
+                                      ("A/B: before (d6fa92d)", 2, "fp32", 0.040), ("A/B: after", 2, "auto", 0.088)]]
 
 
 @dataclass

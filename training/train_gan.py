@@ -140,7 +140,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return False
     if precision == "bf16":
         return True
-    return device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class GANTrainer:

@@ -64,6 +64,7 @@ def test_adopt_tiny_end_to_end(tmp_path):
 
     from ganseg.checkpoints import load_generator, save_generator
     from ganseg.stylegan2 import Discriminator, Generator
+    from ganseg.unet import load_unet, save_unet
 
     tree = bare_copy(tmp_path / "tree")
     weights = tree / "ganseg" / "weights"
@@ -99,7 +100,18 @@ def test_adopt_tiny_end_to_end(tmp_path):
     assert digest(tree, watched) == before
     script.write_text(original)
 
-    # the real default as candidate: better, adopted
+    # the real default as candidate: better by the probe, but its 2-step UNet loses to the shipped one
+    r = run(good_g, good_d)
+    assert r.returncode == 0 and "below the shipped default UNet" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert digest(tree, watched) == before
+    # ... and against a shipped UNet that predicts one small class everywhere: adopted (the finished
+    # jobs of the run above are reused: same candidate, same budget)
+    shipped = load_unet(weights / "default_unet.safetensors")
+    for prm in shipped.parameters():
+        prm.data.zero_()
+    shipped.head.bias.data[shipped.class_names.index("eyebrow")] = 1.0
+    save_unet(shipped, weights / "default_unet.safetensors", shipped.class_names, extra={"resolution": G.resolution})
+    before = digest(tree, watched)
     r = run(good_g, good_d)
     assert r.returncode == 0 and "adopted in" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     after = digest(tree, watched)
@@ -117,6 +129,4 @@ def test_adopt_tiny_end_to_end(tmp_path):
     auto10 = next(r["miou"] for r in ae["rows"] if r.get("family") == "auto" and r["shots"] == 10)
     assert f"| auto-shot UNet | " in (tree / "README.md").read_text()
     assert f"{auto10:.3f} | | | | | |" in (tree / "README.md").read_text()
-    from ganseg.unet import load_unet
-
     assert int(load_unet(weights / "default_unet.safetensors").meta["step"]) == adopt.BUDGETS["tiny"].unet_steps

@@ -11,14 +11,14 @@ with the widths the GPU pass trains; CPU with --precision auto (bf16 where the C
 and a CUDA row per resolution when a GPU is present. `RECORDED` holds the figures measured on the
 code before the speed work (d6fa92d), with the command that gave them: the "before" of the note.
 
-    python benchmarks/train_throughput.py [--quick] [--out DIR]  # -> results/train_throughput.{json,md,png}
+    python benchmarks/train_throughput.py [--quick] [--threads N] [--out DIR]  # -> results/train_throughput.{json,md,png}
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -143,10 +143,17 @@ def plot(rows: list[dict], path: Path, recorded: list[dict] = RECORDED) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one tiny 16² point: seconds (the test suite's run)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for every CPU point (on a shared, oversubscribed machine 1 measures "
+                         "the code, 2 mostly the OpenMP contention)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     kw = {"warmup": 1, "repeats": 2, "r1_repeats": 1} if args.quick else {}
-    rows = measure_rows(default_points(args.quick), **kw)
+    points = default_points(args.quick)
+    if args.threads:
+        points = [replace(p, threads=args.threads) if p.device == "cpu" else p for p in points]
+        points = list({(p.name, p.precision, p.device, p.threads): p for p in points}.values())
+    rows = measure_rows(points, **kw)
     env = environment()
     out = Path(args.out)
     write_json(out / "train_throughput.json", {"environment": env, "rows": rows, "recorded": RECORDED})

@@ -525,7 +525,7 @@ def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool = F
     print(f"[adopt] probe: {g_path.name} vs the bundled default, n = {b.probe_n}", flush=True)
     q1 = probe_pair(G, default, b.probe_n)
     better, verdict = decide(q1)
-    (work / "probe.json").write_text(json.dumps({"candidate": str(g_path), "budget": budget, "verdict": verdict,
+    (work / "probe.json").write_text(json.dumps({"candidate_file": str(g_path), "budget": budget, "verdict": verdict,
                                                  **q1}, indent=1) + "\n")
     print(f"[adopt] probe ({time.time() - t0:.0f} s): {verdict}", flush=True)
     if not better or probe_only:

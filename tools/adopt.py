@@ -108,7 +108,7 @@ def probe_pair(candidate, default, n: int, truncation_psi: float = 1.0) -> dict:
 
     res = min(candidate.resolution, default.resolution)
     path = probe_path(res)
-    if not path.is_file():  # a 128² pair: the probe for that size is trained once, shipped with the weights
+    if not path.is_file():  # first 128² pair: trained once into ganseg/weights, as `ganseg gan-quality` does
         save_probe(train_probe(res), path)
     probe = load_probe(path)
     out = {}
@@ -411,7 +411,6 @@ def swap_in(staging: Path, docs: dict[Path, str], work: Path) -> list[str]:
     from ganseg.images import write_atomic
 
     moves: list[tuple[Path, Path]] = [(staging / n, WEIGHTS / n) for n in SHIPPED]
-    moves += [(p, WEIGHTS / p.name) for p in staging.glob("quality_probe_*.safetensors")]
     moves += [(p, ROOT / "benchmarks" / "results" / p.name) for p in sorted((staging / "results").iterdir())
               if p.is_file() and not p.name.endswith(".json.tmp")]
     moves.append((staging / "default_generator_samples.png", ROOT / "docs" / "default_generator_samples.png"))
@@ -536,11 +535,6 @@ def adopt(g_path: Path, d_path: Path, budget: str, work: Path, dry_run: bool = F
     (staging / "results").mkdir(parents=True)
     try:
         stage_weights(g_path, d_path, G, D, staging)
-        for res in {G.resolution, default.resolution}:  # a probe trained for a new size ships too
-            from ganseg.quality import probe_path
-
-            if not (WEIGHTS / probe_path(res).name).is_file() and probe_path(res).is_file():
-                shutil.copyfile(probe_path(res), staging / probe_path(res).name)
         t1 = time.time()
         tables(b, staging, work, G.resolution)
         print(f"[adopt] tables: {time.time() - t1:.0f} s", flush=True)

@@ -585,7 +585,7 @@ def real_size_markdown(summary: list[dict], goals: list[dict], sizes: dict[str, 
              "network) compute, from the server's statistics / the in-process stage timings. Input sizes: "
              + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + ".\n\n")
     text += markdown_table(["goal", "measured", "target", "result", "from"],
-                           [[g["goal"], f(g["value"], 3), g["target"],
+                           [[g["goal"], f(g["value"], 3), f"{g['target']:g}",
                              "–" if g["met"] is None else "met" if g["met"] else "**not met**", g["figures"]]
                             for g in goals], numeric=[False, True, True, False, False])
     return text

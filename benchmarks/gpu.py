@@ -20,6 +20,7 @@ mode: it proves the code paths before GPU minutes are spent on them).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -139,9 +140,9 @@ def _ort_session(onnx_path: Path, provider: str):
 
     if provider not in ort.get_available_providers():
         return None, f"onnxruntime {ort.__version__} has no {provider} (install onnxruntime-gpu)"
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), so, providers=[provider, "CPUExecutionProvider"])
+    from ganseg.pipeline import ort_session
+
+    sess = ort_session(onnx_path, threads=os.cpu_count() or 1, providers=[provider, "CPUExecutionProvider"])
     if sess.get_providers()[0] != provider:  # silently fell back to CPU
         return None, f"{provider} is listed but the session fell back to {sess.get_providers()[0]}"
     return sess, ""

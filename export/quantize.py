@@ -165,13 +165,9 @@ def ort_latencies(paths: list[str | os.PathLike], x: np.ndarray, threads: int = 
     The models run in alternation (after warm-up), so load from other processes on a shared machine
     hits them alike and their ratio stays meaningful even when the absolute times drift.
     """
-    import onnxruntime as ort
+    from ganseg.pipeline import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sessions = [ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for p in paths]
+    sessions = [ort_session(p, threads=threads) for p in paths]
     name = sessions[0].get_inputs()[0].name
     for s in sessions:
         for _ in range(warmup):

@@ -317,7 +317,8 @@ def signals_interrupt(signals=(signal.SIGINT, signal.SIGTERM)):
 def default_repository() -> Path:
     """A CPU repository for the bundled default UNet, exported on first use into the cache
     ($XDG_CACHE_HOME/ganseg/triton/default-<hash>): the hash covers the weights and ganseg's
-    version, so a new default UNet or a new ganseg gets a fresh export."""
+    version and the code that writes the configs, so a new default UNet, a new ganseg or a new
+    config layout gets a fresh export."""
     import hashlib
     import shutil
 
@@ -330,7 +331,12 @@ def default_repository() -> Path:
                         f"(write one with `ganseg export triton --unet RUN --repo DIR`)")
     h = hashlib.sha256(DEFAULT_UNET.read_bytes())
     h.update(__version__.encode())
-    h.update(Path(__file__).with_name("repository.py").read_bytes())  # new config layout: new export
+    from ganseg import pipeline
+
+    # the configs are generated from repository.py and the pipeline's contract (limits, names,
+    # parameters): a change to either is a new export, even within one ganseg version
+    for src in (Path(__file__).with_name("repository.py"), Path(pipeline.__file__)):
+        h.update(src.read_bytes())
     repo = tritonenv.cache_dir() / "triton" / f"default-{h.hexdigest()[:12]}"
     if (repo / MARKER).is_file():
         return repo

@@ -211,7 +211,7 @@ def pipeline_rows(onnx_path: Path | None, png: bytes, *, batches=(1, 4, 8), thre
     """The served image-bytes path in-process, per stage, with the server's own code
     (`ganseg.pipeline.pre` -> one ONNX Runtime run for the batch -> `ganseg.pipeline.post`): decode
     (at reduced JPEG scale where the photo allows), resize, normalize | network | argmax, MASK at each
-    photo's size, and the OVERLAY preview PNG when `overlay` (what a request asking for it gets)."""
+    photo's size, and the OVERLAY preview JPEG when `overlay` (what a request asking for it gets)."""
     from ganseg import pipeline as P
 
     outputs = "MASK + OVERLAY" if overlay else "MASK"

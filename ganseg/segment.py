@@ -20,7 +20,7 @@ much larger than the working size, one size limit (`ganseg.pipeline.MAX_PIXELS`,
 from each header before any work.
 
 Outputs in --out: NAME_mask.png (indexed PNG, pixel = class index, at the image's size; fast zlib
-level), NAME_overlay.png (a preview: long side <= 1024 px), and overlays.png (128 px thumbnails of
+level), NAME_overlay.jpg (a preview: long side <= 1024 px), and overlays.png (128 px thumbnails of
 all; overlays-2.png, ... in a reused folder). Inputs are files or folders of images (the same rule
 as `ganseg client`, `ganseg.paths.list_images`). NAME is the image's file name
 without extension. Two inputs with the same name (a/0000.png, b/0000.png) never overwrite each
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def segment_images_unet(unet, paths: list[str], batch: int = 16, palette: np.ndarray | None = None,
                         preview: int = PREVIEW_MAX_SIDE) -> list[Segmented]:
-    """One `Segmented` per photo (mask at its own size, overlay PNG at preview size when preview > 0).
+    """One `Segmented` per photo (mask at its own size, overlay JPEG at preview size when preview > 0).
 
     The same steps as the Triton models (`ganseg.pipeline.pre` / `post`), with the PyTorch UNet in
     the middle. A UNet without a recorded training size segments each photo at its own size."""
@@ -132,11 +132,11 @@ def run(args: argparse.Namespace) -> int:
         if name != Path(path).stem:
             print(f"note: {path} -> {name}_mask.png (another input has the same file name)")
         save_label_png(out / f"{name}_mask.png", r.mask, palette)
-        write_atomic(out / f"{name}_overlay.png", r.overlay)
+        write_atomic(out / f"{name}_overlay.jpg", r.overlay)
         ov = np.asarray(Image.open(io.BytesIO(r.overlay)).convert("RGB"))
         thumbs.append(np.asarray(Image.fromarray(ov).resize((128, 128), Image.Resampling.BOX)))
     sheet = claim_numbered(out, "overlays", ".png")
     save_png(sheet, make_grid(np.stack(thumbs)))
     print(f"{summary}: {out}/NAME_mask.png (indexed PNG, pixel = class index, at each image's size), "
-          f"NAME_overlay.png (long side <= {PREVIEW_MAX_SIDE} px), {sheet.name}")
+          f"NAME_overlay.jpg (long side <= {PREVIEW_MAX_SIDE} px), {sheet.name}")
     return 0

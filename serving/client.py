@@ -7,7 +7,7 @@ to their image files) and names outputs by the same rule (`ganseg.paths.output_n
 and b/0000.png become a__0000_* and b__0000_*, never one over the other). Sends each file's bytes
 as it is (the server decodes: PNG, JPEG, WEBP, BMP, TIFF, GIF, PPM; EXIF rotation, 16-bit, alpha),
 one image per request; the server batches concurrent requests. Writes NAME_mask.png (indexed PNG:
-pixel values are class indices, colours the model's palette) and NAME_overlay.png per image,
+pixel values are class indices, colours the model's palette) and NAME_overlay.jpg per image,
 atomically, and one contact sheet per run: the first free name of overlays.png, overlays-2.png, ...
 (a reused --out folder keeps earlier runs' sheets; masks of the same NAME are replaced). Prints one
 whole line per image (written under one lock, so concurrent results never mix on the terminal)
@@ -102,7 +102,7 @@ def model_palette(client, model: str, protocol: str) -> np.ndarray | None:
 def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, overlay: bool = True,
                timeout: float | None = None, overlay_size: int | None = None):
     """One request with one image (encoded bytes, or uint8 HWC for the raw model) ->
-    (mask uint8 HW, overlay PNG bytes or None). OVERLAY is requested only when `overlay` (the
+    (mask uint8 HW, overlay JPEG bytes or None). OVERLAY is requested only when `overlay` (the
     server computes it only then); `overlay_size` sets its long side (request parameter
     `overlay_max_side`; default: the model's, 1024)."""
     mod = _module(protocol)
@@ -282,10 +282,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="ganseg_segment", help="the image-bytes entry point to call")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.add_argument("--out", required=True,
-                   help="folder for NAME_mask.png, NAME_overlay.png and this run's contact sheet overlays[-N].png")
+                   help="folder for NAME_mask.png, NAME_overlay.jpg and this run's contact sheet overlays[-N].png")
     p.add_argument("--no-overlay", action="store_true", help="masks only (the server then computes no overlay)")
     p.add_argument("--overlay-size", type=int, default=None,
-                   help="long side of NAME_overlay.png in pixels (default: the server's, 1024; never above the photo's)")
+                   help="long side of NAME_overlay.jpg in pixels (default: the server's, 1024; never above the photo's)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--serve", action="store_true",
                    help="start a temporary server (free loopback ports) for this run, stop it after")
@@ -365,7 +365,7 @@ def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str,
         if r.error is None:
             write_atomic(out / f"{name}_mask.png", label_png(r.mask, palette))
             if r.overlay is not None:
-                write_atomic(out / f"{name}_overlay.png", r.overlay)
+                write_atomic(out / f"{name}_overlay.jpg", r.overlay)
             say(f"{str(r.path):<{width}}  {r.mask.shape[1]}x{r.mask.shape[0]}  {1e3 * r.latency_s:7.1f} ms  "
                 f"-> {out / (name + '_mask.png')}")
         else:

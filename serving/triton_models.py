@@ -18,7 +18,7 @@ Models (docs/serving.md has the public interface):
   between them travel the network batch, each photo's own size and the overlay preview (at most
   `overlay_max_side` on its long side), never the full-size photo.
 
-Outputs: MASK is the raw UINT8 label map at the photo's own size. OVERLAY (PNG) is computed only when
+Outputs: MASK is the raw UINT8 label map at the photo's own size. OVERLAY (a JPEG preview) is computed only when
 the request lists it in its requested outputs, at a preview whose long side is at most
 `overlay_max_side` (request parameter, else model parameter, default `pipeline.PREVIEW_MAX_SIDE`).
 
@@ -161,7 +161,7 @@ class _Images(_Base):
         return batch
 
     def response(self, results: list[P.Segmented]):
-        """MASK [B,H,W] (+ OVERLAY [B,1] PNG bytes when they were made, i.e. requested) for one request."""
+        """MASK [B,H,W] (+ OVERLAY [B,1] JPEG bytes when they were made, i.e. requested) for one request."""
         pb = _pb()
         tensors = [pb.Tensor(P.MASK, np.stack([r.mask for r in results]))]
         if results[0].overlay is not None:

@@ -209,7 +209,7 @@ def test_train_unet_on_real_labelled_images(tmp_path):
                  str(tmp_path / "big.jpg"), "--out", str(tmp_path / "seg")]) == 0
     assert load_label_png(tmp_path / "seg" / "0000_mask.png").shape == (64, 64)
     assert load_label_png(tmp_path / "seg" / "big_mask.png").shape == (80, 100)
-    assert (tmp_path / "seg" / "big_overlay.png").is_file() and (tmp_path / "seg" / "overlays.png").is_file()
+    assert (tmp_path / "seg" / "big_overlay.jpg").is_file() and (tmp_path / "seg" / "overlays.png").is_file()
     # a corrupt photo is named, and nothing is written for the batch
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     assert main(["segment", "--unet", str(tmp_path / "u"), str(tmp_path / "real" / "0001.png"),

@@ -332,7 +332,7 @@ def test_segment_invert_masks_at_each_photos_size(tiny, tmp_path):
                "--invert-steps", "1", "--out", out) == 0
     assert load_label_png(out / "wide_mask.png").shape == (20, 40)  # not the generator's 16 x 16
     assert load_label_png(out / "sq_mask.png").shape == (32, 32)
-    assert np.asarray(Image.open(out / "wide_overlay.png")).shape == (20, 40, 3)
+    assert np.asarray(Image.open(out / "wide_overlay.jpg")).shape == (20, 40, 3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_segment_and_client_accept_the_same_inputs(server, unet_run, tmp_path, c
     _segment_cli(unet_run, tmp_path / "s", photos)
     listing = {p.name for p in (tmp_path / "c").iterdir()}
     assert listing == {p.name for p in (tmp_path / "s").iterdir()}
-    assert {"x_mask.png", "y_mask.png", "x_overlay.png", "overlays.png"} <= listing
+    assert {"x_mask.png", "y_mask.png", "x_overlay.jpg", "overlays.png"} <= listing
     from ganseg.cli import main
 
     (tmp_path / "empty").mkdir()
@@ -271,10 +271,10 @@ def test_masks_are_the_pipelines_fast_indexed_png_and_limits_are_checked_before_
     assert im.mode == "P" and np.array_equal(np.asarray(im.getpalette()[: 3 * len(PALETTE)]).reshape(-1, 3), PALETTE)
     assert mask.read_bytes() == label_png(np.asarray(im), PALETTE)  # the pipeline's one (fast) writer
     assert str(mask) in text and not (out / "huge_mask.png").exists()
-    assert Image.open(out / "good_overlay.png").size == (40, 48)  # the server's preview: the photo is smaller
+    assert Image.open(out / "good_overlay.jpg").size == (40, 48)  # the server's preview: the photo is smaller
     # --overlay-size asks the server for a smaller preview; --no-overlay for none (masks only)
     assert cli.run(_args(str(good), "--url", server.grpc_url, "--overlay-size", "24", "--out", str(tmp_path / "o"))) == 0
-    assert max(Image.open(tmp_path / "o" / "good_overlay.png").size) == 24
+    assert max(Image.open(tmp_path / "o" / "good_overlay.jpg").size) == 24
     assert np.array_equal(load_label_png(tmp_path / "o" / "good_mask.png"), np.asarray(im))  # mask at full size
     assert cli.run(_args(str(good), "--url", server.grpc_url, "--no-overlay", "--out", str(tmp_path / "n"))) == 0
     assert not list((tmp_path / "n").glob("*overlay*")) and (tmp_path / "n" / "good_mask.png").is_file()

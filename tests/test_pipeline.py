@@ -220,7 +220,7 @@ def test_served_12mp_jpeg_equals_ganseg_segment(served, photo_12mp, tmp_path) ->
     assert main(["segment", str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "seg")]) == 0
     want = load_label_png(tmp_path / "seg" / "photo_mask.png")
     assert want.shape == (3000, 4000)
-    assert 512 <= max(Image.open(tmp_path / "seg" / "photo_overlay.png").size) <= P.PREVIEW_MAX_SIDE
+    assert 512 <= max(Image.open(tmp_path / "seg" / "photo_overlay.jpg").size) <= P.PREVIEW_MAX_SIDE
     r = _infer(served, photo_12mp)
     mask = r.as_numpy("MASK")
     assert mask.shape == (1, 3000, 4000) and mask.dtype == np.uint8

@@ -204,9 +204,9 @@ def fewshot_stage(plan: dict) -> None:
 
 
 def tables(b: AdoptBudget, staging: Path, work: Path, resolution: int) -> None:
-    """Two processes, one per core: the heads (inversions) and the 10- and 5-shot auto-shot UNets;
-    the few-shot protocol, the supervised UNets and the 1-shot auto-shot UNet (its head is long
-    written by then). Then the table."""
+    """Two processes at a time, one per core. First the heads (inversions) beside the few-shot
+    protocol and the supervised UNets; then, the heads written, the 10- and 1-shot auto-shot UNets
+    beside the 5-shot one; then the table."""
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     runs = autoshot_dir(work, b, staging)
@@ -223,15 +223,17 @@ def tables(b: AdoptBudget, staging: Path, work: Path, resolution: int) -> None:
             "heads": b.fewshot_heads, "n_test": b.n_test, "invert_steps": b.invert_steps,
             "head_steps": b.head_steps, "out": str(staging / "results")}
     (work / "fewshot_plan.json").write_text(json.dumps(plan))
-    procs = {"autoshot": run_checked("autoshot", autoshot_cmd(b, staging, work, "heads,auto10,auto5"),
-                                     logs / "autoshot.log")}
-    second = [autoshot_cmd(b, staging, work, ",".join(todo + ["auto1"]))]
+    procs = {"heads": run_checked("heads", autoshot_cmd(b, staging, work, "heads"), logs / "heads.log")}
+    second = [autoshot_cmd(b, staging, work, ",".join(todo))] if todo else []
     if b.fewshot:
         second.insert(0, [sys.executable, Path(__file__).resolve(), "--stage", "fewshot", "--plan",
                           work / "fewshot_plan.json"])
-    line = " && ".join(shlex.join(map(str, cmd)) for cmd in second)
-    procs["second"] = run_checked("second", ["bash", "-c", line], logs / "second.log")
+    if second:
+        line = " && ".join(shlex.join(map(str, cmd)) for cmd in second)
+        procs["fewshot_real"] = run_checked("fewshot_real", ["bash", "-c", line], logs / "fewshot_real.log")
     wait_all(procs, logs)
+    wait_all({"auto10_1": run_checked("auto10_1", autoshot_cmd(b, staging, work, "auto10,auto1"), logs / "auto10_1.log"),
+              "auto5": run_checked("auto5", autoshot_cmd(b, staging, work, "auto5"), logs / "auto5.log")}, logs)
     for n in (10, 100, 1000):
         if not (cache / f"unet_real_n{n}" / "unet.safetensors").is_file():
             shutil.copytree(runs / f"unet_real_n{n}", cache / f"unet_real_n{n}", dirs_exist_ok=True)

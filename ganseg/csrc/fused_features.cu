@@ -28,19 +28,7 @@ char const* check_feature_args(FeatureArgs const& a, bool labeling) {
             up[num_up++] = a.res[l];
         }
     }
-    switch (a.dtype) {
-    case DType::kFloat32:
-    case DType::kFloat16:
-    case DType::kBFloat16: break;
-    default: return "dtype must be float32, float16 or bfloat16";
-    }
-    switch (a.activation) {
-    case Activation::kNone:
-    case Activation::kReLU:
-    case Activation::kLeakyReLU: break;
-    default: return "activation must be none, relu or lrelu";
-    }
-    return nullptr;
+    return check_dtype_activation(a.dtype, a.activation);
 }
 
 FusedPlan make_plan(FeatureArgs const& a) {

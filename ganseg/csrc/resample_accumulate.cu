@@ -15,19 +15,7 @@ char const* check_args(ResampleArgs const& a, bool labeling) {
         if (a.res[l] < 1) return "every level resolution must be >= 1";
         if (a.maps[l] == nullptr && a.batch > 0) return "a level map pointer is null";
     }
-    switch (a.dtype) {
-    case DType::kFloat32:
-    case DType::kFloat16:
-    case DType::kBFloat16: break;
-    default: return "dtype must be float32, float16 or bfloat16";
-    }
-    switch (a.activation) {
-    case Activation::kNone:
-    case Activation::kReLU:
-    case Activation::kLeakyReLU: break;
-    default: return "activation must be none, relu or lrelu";
-    }
-    return nullptr;
+    return check_dtype_activation(a.dtype, a.activation);
 }
 
 namespace {

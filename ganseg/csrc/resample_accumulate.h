@@ -39,6 +39,24 @@ struct ResampleArgs {
     DType dtype = DType::kFloat32;
 };
 
+// nullptr when dtype and activation are ones the kernels implement, else a message (every launcher's
+// check_args calls it: the enums travel as int32 through the binding and the plugin).
+inline char const* check_dtype_activation(DType dtype, Activation activation) {
+    switch (dtype) {
+    case DType::kFloat32:
+    case DType::kFloat16:
+    case DType::kBFloat16: break;
+    default: return "dtype must be float32, float16 or bfloat16";
+    }
+    switch (activation) {
+    case Activation::kNone:
+    case Activation::kReLU:
+    case Activation::kLeakyReLU: break;
+    default: return "activation must be none, relu or lrelu";
+    }
+    return nullptr;
+}
+
 // nullptr when `a` describes a valid launch, else a message saying what is wrong. `labeling`: also
 // require channels <= kMaxLabelClasses (the fused labeling variant's limit, fused_features.h).
 char const* check_args(ResampleArgs const& a, bool labeling);

@@ -28,14 +28,13 @@ import io
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -292,6 +291,21 @@ def run_point(pt: Point, server, inputs: dict[str, Path], settings: PerfSettings
     return row, text
 
 
+
+def run_points(points, server, inputs, settings, csv_dir, tool, rows: list, parts: list, log,
+               label: Callable, figures: Callable) -> None:
+    """Measure each point in turn: its row into `rows`, perf_analyzer's CSV text into `parts`, one log
+    line per point (`label(point)`, then `figures(row)` or why it is absent)."""
+    for pt in points:
+        row, text = run_point(pt, server, inputs, settings, csv_dir, tool)
+        rows.append(row)
+        if text:
+            parts.append((pt.key, text))
+        if row["status"] == "ok":
+            log(f"  served {label(pt)}: {figures(row)}")
+        else:
+            log(f"  served {label(pt)}: absent ({row['reason']})")
+
 def _run_point(pt: Point, server, inputs: dict[str, Path], settings: PerfSettings, csv_dir: Path,
                tool: Path) -> tuple[dict, str]:
     url = server.grpc_url if pt.protocol == "grpc" else server.http_url
@@ -386,16 +400,9 @@ def served_rows(unet_file: Path, png: bytes, work: Path, *, points: list[Point] 
             meta = json.loads(r.read())
         log(f"  tritonserver {meta.get('version')} ready in {start_s:.1f} s; perf_analyzer {version}")
         warm_up(server, list(dict.fromkeys((p.model, p.input_kind) for p in points)), inputs, tool, settings)
-        for pt in points:
-            row, text = run_point(pt, server, inputs, settings, csv_dir, tool)
-            rows.append(row)
-            if text:
-                parts.append((pt.key, text))
-            if row["status"] == "ok":
-                log(f"  served {pt.model:28s} {pt.protocol:4s} c={pt.concurrency:2d} b={pt.batch:2d}: "
-                    f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s")
-            else:
-                log(f"  served {pt.model} {pt.protocol} c={pt.concurrency} b={pt.batch}: absent ({row['reason']})")
+        run_points(points, server, inputs, settings, csv_dir, tool, rows, parts, log,
+                   lambda pt: f"{pt.model:28s} {pt.protocol:4s} c={pt.concurrency:2d} b={pt.batch:2d}",
+                   lambda row: f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s")
         server_rss = server.rss_bytes() if hasattr(server, "rss_bytes") else None
     return {"rows": rows, "csv": merge_csv(parts), "perf_analyzer": version, "tritonserver": meta.get("version"),
             "server_start_s": start_s, "serving_config": cfg.__dict__, "settings": settings.__dict__,
@@ -479,17 +486,10 @@ def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: 
                 meta = json.loads(r.read())
             log(f"  tritonserver {meta.get('version')} (BLS repository); perf_analyzer {version}")
             warm_up(server, [(ENTRY_BLS, name) for name in photos], inputs, tool, settings)
-            for pt in points:
-                row, text = run_point(pt, server, inputs, settings, csv_dir, tool)
-                rows.append(row)
-                if text:
-                    parts.append((pt.key, text))
-                if row["status"] == "ok":
-                    log(f"  served {pt.input_kind:15s} {pt.outputs:15s} {pt.protocol:4s} c={pt.concurrency}: "
-                        f"p50 {row['p50_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s  pre/post "
-                        f"{100 * (row.get('prepost_share_of_compute') or 0):.0f} % of compute")
-                else:
-                    log(f"  served {pt.input_kind} {pt.outputs} {pt.protocol} c={pt.concurrency}: absent ({row['reason']})")
+            run_points(points, server, inputs, settings, csv_dir, tool, rows, parts, log,
+                       lambda pt: f"{pt.input_kind:15s} {pt.outputs:15s} {pt.protocol:4s} c={pt.concurrency}",
+                       lambda row: f"p50 {row['p50_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s  pre/post "
+                                   f"{100 * (row.get('prepost_share_of_compute') or 0):.0f} % of compute")
             agree = _served_masks_agree(server, onnx_path, photos)
     inproc = []
     for name, data in photos.items():

@@ -24,6 +24,9 @@ from PIL import Image
 
 pytest.importorskip("tritonclient.grpc")
 
+sys.path.insert(0, str(Path(__file__).parent))
+from pngs import header_only_png  # noqa: E402
+
 from ganseg.labels import load_label_png  # noqa: E402
 from ganseg.paths import list_images, output_names  # noqa: E402
 from ganseg.serving import client as cli  # noqa: E402
@@ -240,26 +243,13 @@ def test_client_serve_stops_its_server_and_stubs_on_sigterm(repo, tmp_path) -> N
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _png_header_only(w: int, h: int) -> bytes:
-    """A PNG whose header promises w x h pixels (one row of data): a bomb for a decoder."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    idat = zlib.compress(b"\x00" * (w + 1))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 def test_masks_are_the_pipelines_fast_indexed_png_and_limits_are_checked_before_sending(server, tmp_path,
                                                                                          capsys) -> None:
     from ganseg.labels import PALETTE
     from ganseg.pipeline import MAX_PIXELS, label_png
 
     good = _write_photos(tmp_path / "in", ["good.png"], seed=70)[0]
-    (tmp_path / "in" / "huge.png").write_bytes(_png_header_only(10_000, MAX_PIXELS // 10_000 + 1))
+    (tmp_path / "in" / "huge.png").write_bytes(header_only_png(10_000, MAX_PIXELS // 10_000 + 1))
     out = tmp_path / "out"
     assert cli.run(_args(str(tmp_path / "in"), "--url", server.grpc_url, "--out", str(out))) == 1
     text = capsys.readouterr().out

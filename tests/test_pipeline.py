@@ -12,16 +12,17 @@ from __future__ import annotations
 import ast
 import io
 import json
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pngs import header_only_png  # noqa: E402
 
 from ganseg import pipeline as P
 from ganseg.errors import UserError
@@ -43,16 +44,6 @@ def _imports(path: Path) -> set[str]:
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names}
     return found
-
-
-def _header_png(w: int, h: int) -> bytes:
-    """A grey PNG whose header says w x h (one row of data: only the header is ever read)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    idat = zlib.compress(b"\x00" * (w + 1))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def _face_photo(seed: int, size: tuple[int, int], quality: int = 90) -> tuple[bytes, np.ndarray]:
@@ -103,12 +94,12 @@ def test_one_size_limit_from_the_header_with_our_own_message(tmp_path) -> None:
     from ganseg.serving.repository import ServingConfig
 
     assert P.MAX_PIXELS == MAX_PIXELS == ServingConfig().max_pixels == 64_000_000
-    ok, big, huge = _header_png(8000, 8000), _header_png(8001, 8000), _header_png(12_000, 10_000)  # 120 MP > Pillow's 89 MP
+    ok, big, huge = header_only_png(8000, 8000), header_only_png(8001, 8000), header_only_png(12_000, 10_000)  # 120 MP > Pillow's 89 MP
     assert P.check_photo(ok) == (8000, 8000)  # header only: the 64 MP of pixels are never decoded
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not Pillow's DecompressionBombWarning
         for data, mp in ((big, "64.0"), (huge, "120.0")):
-            with pytest.raises(UserError, match=rf"photo\.png: image is \d+x8000|photo\.png: image is 12000x10000") as err:
+            with pytest.raises(UserError, match=r"photo\.png: image is \d+x8000|photo\.png: image is 12000x10000") as err:
                 P.check_photo(data, "photo.png")
             assert f"({mp} MP), above the limit of 64.0 MP; downscale it first" in str(err.value)
             with pytest.raises(UserError, match="above the limit of 64.0 MP"):
@@ -256,6 +247,6 @@ def test_served_size_limit(served) -> None:
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException) as err:
-        _infer(served, _header_png(8001, 8000))
+        _infer(served, header_only_png(8001, 8000))
     assert "above the limit of 64.0 MP; downscale it first" in err.value.message()
     assert "\n" not in err.value.message() and json.dumps(err.value.message())

@@ -355,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     if "kernel" not in skip:
         cmd = [py, "-m", "ganseg.bootstrap", "benchmarks/gpu_kernel_check.py", "--out", str(work / "kernel")]
         reserve = 30 if args.smoke else 60  # keep a minute for gpu.py
-        stage("kernel", cmd + (["--smoke"] if args.smoke else []), min(240, budget.left() - reserve), log, work)
+        kernel_s = min(240, budget.left() - reserve)
+        # the check starts no new output size after --budget-s; ~90 s stay for the extension build
+        # (three sources, 40-60 s) and the size in flight, so the stage ends inside its timeout
+        cmd += ["--budget-s", str(max(20, int(kernel_s - 90)))]
+        stage("kernel", cmd + (["--smoke"] if args.smoke else []), kernel_s, log, work)
         pack(out, work, log)
     if "gpu" not in skip:  # on a CPU every GPU row is recorded as absent, in seconds
         cmd = [py, "-m", "ganseg.bootstrap", "benchmarks/gpu.py", "--out", str(work / "gpu")]

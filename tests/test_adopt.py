@@ -130,3 +130,14 @@ def test_adopt_tiny_end_to_end(tmp_path):
     assert f"| auto-shot UNet | " in (tree / "README.md").read_text()
     assert f"{auto10:.3f} | | | | | |" in (tree / "README.md").read_text()
     assert int(load_unet(weights / "default_unet.safetensors").meta["step"]) == adopt.BUDGETS["tiny"].unet_steps
+
+
+def test_full_budget_is_the_autoshot_recipe():
+    """The full budget reruns the published tables: its numbers must be autoshot_eval's own defaults
+    (a drift would make `make adopt` tables incomparable with the README's)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from autoshot_eval import AutoshotEvalConfig
+
+    full, recipe = adopt.BUDGETS["full"], AutoshotEvalConfig()
+    for name in ("n_test", "n_test_unet", "invert_steps", "head_steps", "synth_n", "unet_steps"):
+        assert getattr(full, name) == getattr(recipe, name), name

@@ -1,29 +1,40 @@
-"""Auto-shot against the alternatives on the held-out rendered test split (one table).
+"""Auto-shot measured the paper's way, with a loss ladder, against the pixel baseline (one table).
 
-For k = 1, 5, 10 shots (train seeds 0..k-1, rendered with exact masks, inverted into the GAN):
-  (a) invert+cnn   the paper's CNN head on the shots; each test image is inverted and segmented
-                   from its inversion's features;
-  (b) auto-shot    the same head labels `--synth-n` generated images (`ganseg synthesize`), and a
-                   UNet distilled from them segments the test images directly, no GAN;
-  (c) supervised   the same UNet recipe trained on N rendered *train* images with their exact masks,
-                   N = 10, 100, 1000 (N = 10 are the 10 shots themselves).
-Every row is scored on the same first `--n-test` test images (per-class IoU over all pixels, mIoU);
-UNets are also scored on `--n-test-unet` test images (cheap without inversion) as a check of noise.
+Protocol "generated" (the default; ReGAN's, `training/annotator.py`): the K shots are images the
+GENERATOR made (seeds 0..K-1, psi = 1, as `ganseg sample`), painted by a simulated annotator (the
+quality-probe UNet, supervised on 3 000 rendered faces with exact masks) standing in for a person in
+`ganseg annotate`. 1-shot rows are the mean over 5 different single shots (seeds 0..4); 5- and
+10-shot rows the mean over `--head-seeds` heads. For each shot set:
+  head        the CNN head on the shots (steps scale with K: each shot seen `--head-views` times,
+              optionally on style-mixed copies of the shots: same layout, same masks);
+  auto-shot   the head labels `--synth-n` generated images; a UNet is distilled from them together
+              with the annotated shots themselves (`--shot-share` of the samples), then (self-training,
+              `--self-train 1`) that UNet relabels the same images and a second UNet learns from its
+              labels: the shipped recipe. The GAN-free UNet segments the rendered test photos.
+Baselines and the loss ladder, every row scored on the same rendered test images (`--n-test` and
+`--n-test-unet`) and, where it applies, against the annotator on `--n-heldout` held-out generated images:
+  annotator                      the simulated annotator itself on rendered test (the teacher's ceiling)
+  oracle                         a UNet on the same `--synth-n` generated images painted by the annotator
+  supervised UNet on the generated shots   the pixel baseline: the same K annotated images, no GAN features
+  supervised UNet                N = 10 / 100 / 1000 rendered train photos with exact masks
+Protocol "inverted" (second rows, jobs `inv-heads`, `inv-autoK`): real photos as shots, inverted
+into the GAN, as in this project's earlier tables.
 
 Jobs are idempotent and resumable (finished ones are skipped, UNets resume from their checkpoint),
 so two processes can share the work on a 2-core machine, e.g.
 
-    OMP_NUM_THREADS=1 python benchmarks/autoshot_eval.py --jobs heads,synth1,synth5,synth10,auto5,auto10 &
-    OMP_NUM_THREADS=1 python benchmarks/autoshot_eval.py --jobs real1000,real100,real10,auto1 &
+    OMP_NUM_THREADS=1 python benchmarks/autoshot_eval.py --jobs annotator,heads,auto10,auto5 &
+    OMP_NUM_THREADS=1 python benchmarks/autoshot_eval.py --jobs oracle,genshots,real10,auto1 &
     wait; python benchmarks/autoshot_eval.py --jobs table
 
-    -> benchmarks/results/autoshot_eval.{json,md}, autoshot_overlays.png, autoshot_miou.png
+    -> benchmarks/results/autoshot_eval.{json,md}, autoshot_overlays.png, autoshot_miou.png, autoshot_ladder.png
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,35 +43,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganseg.evaluate import markdown_table, score_row
+from ganseg.evaluate import score_row
 from ganseg.faces import render_faces, split_seeds
 from ganseg.labels import CLASS_NAMES, PALETTE
 from ganseg.images import from_uint8, make_grid, overlay, save_png, write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, environment, pyplot, save_figure, write_json, write_text  # noqa: E402
+
 SHOTS = (1, 5, 10)
 REAL_N = (10, 100, 1000)
-# recipe variants of the auto-shot student (job `autoK:NAME`), each against the base recipe
-VARIANTS = {
-    "psi07": {"truncation": 0.7, "about": "images at truncation 0.7"},
-    "keep70": {"keep": 0.7, "about": "70 % most confident images (head entropy)"},
-    "soft": {"soft_topk": 3, "about": "soft targets (head's top-3 probabilities)"},
-}
+AUTO_METHOD = "auto-shot UNet"
+GENSHOT_METHOD = "supervised UNet on the generated shots"
 
 
 @dataclass
 class AutoshotEvalConfig:
-    n_test: int = 50            # images every method is scored on (inversion is the slow part)
-    n_test_unet: int = 1000     # larger test set for the UNets alone
-    invert_steps: int = 200
+    n_test: int = 50            # rendered test images every method is scored on (inversion is the slow part)
+    n_test_unet: int = 1000     # larger rendered test set for everything that needs no inversion
+    n_heldout: int = 200        # held-out generated images: head / UNet vs the annotator
     head_kind: str = "cnn"
-    head_steps: int = 600
+    head_steps: int = 0         # 0: scaled with K (each shot seen head_views times); > 0: fixed
+    head_views: int = 400
+    head_seeds: int = 2         # heads (each with its own students) per 5- and 10-shot row
+    style_mix: int = 0          # style-mixed copies of each shot for the head (0 = off)
     synth_n: int = 3000
     truncation: float = 1.0
+    shot_share: float = 0.1     # share of the distillation samples that are the annotated shots
+    self_train: int = 1         # self-training rounds after the first student
     unet_width: int = 16
     unet_steps: int = 2000
     unet_batch: int = 16
+    invert_steps: int = 200     # protocol "inverted" only
     ckpt: str = ""              # generator file; "" = the bundled default
     discriminator: str = ""     # ganseg discriminator for the inversion's perceptual term; "" = the
                                 # bundled one with the bundled generator, none otherwise
@@ -72,12 +86,28 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _write_json(path: Path, doc: dict) -> None:
+    write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+def shot_sets(k: int, head_seeds: int) -> list[tuple[str, tuple[int, ...], int]]:
+    """(tag, shot seeds, head seed) of every run behind a K-shot row."""
+    from ganseg.training.annotator import ONE_SHOT_REPEATS, SHOT_SEEDS
+
+    if k == 1:
+        return [(f"k1s{j}", (SHOT_SEEDS[j],), 0) for j in range(ONE_SHOT_REPEATS)]
+    return [(f"k{k}_h{s}", tuple(SHOT_SEEDS[:k]), s) for s in range(head_seeds)]
+
+
 class Runner:
     def __init__(self, cfg: AutoshotEvalConfig, out: Path, results: Path = RESULTS):
         from ganseg.checkpoints import load_generator
+        from ganseg.training.annotator import simulated_annotator
 
         self.cfg, self.out, self.results = cfg, out, results
         self.G = load_generator(cfg.ckpt or None).eval().requires_grad_(False)
+        self.annotator = simulated_annotator(self.G.resolution)
+        self.names = list(CLASS_NAMES)
         out.mkdir(parents=True, exist_ok=True)
         (out / "preds").mkdir(exist_ok=True)
         # cached inversions, heads, datasets and UNets are only valid for the settings that made them
@@ -90,12 +120,195 @@ class Runner:
                 raise SystemExit(f"{out} holds results made with other settings ({', '.join(diff)}): "
                                  f"use another --out or the same settings")
         else:
-            write_atomic(stamp, (json.dumps(ident, indent=1) + "\n").encode())
+            _write_json(stamp, ident)
+        self._test = None
+        self._heldout = None
 
     # -- shared inputs ------------------------------------------------------------------------
-    def test_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return render_faces(split_seeds("test", n), resolution=self.G.resolution)
+    def test_set(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._test is None:
+            n = max(self.cfg.n_test, self.cfg.n_test_unet)
+            self._test = render_faces(split_seeds("test", n), resolution=self.G.resolution)
+        return self._test
 
+    def heldout(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Held-out generated images (never shots, never in a synthesized set) and the annotator's masks."""
+        from ganseg.training.annotator import HELDOUT_SEED0, annotate_generated
+
+        if self._heldout is None:
+            self._heldout = annotate_generated(self.G, self.annotator,
+                                               range(HELDOUT_SEED0, HELDOUT_SEED0 + self.cfg.n_heldout))
+        return self._heldout
+
+    def shots(self, seeds: tuple[int, ...]):
+        from ganseg.shots import Shots
+        from ganseg.training.annotator import annotate_generated
+
+        ws, img, masks = annotate_generated(self.G, self.annotator, seeds, truncation_psi=self.cfg.truncation)
+        return Shots(ws, torch.from_numpy(masks).long(), self.names), img, masks
+
+    def score_unet(self, run: Path) -> dict:
+        """Rendered test (n_test and n_test_unet) and held-out generated (vs annotator) scores, cached."""
+        from ganseg.unet import load_unet, segment_with_unet
+
+        path = run / "scores.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        unet = load_unet(run)
+        img, lab = self.test_set()
+        pred = segment_with_unet(unet, img)
+        _save_npy(run / "pred_test.npy", pred[: self.cfg.n_test])
+        _, himg, hlab = self.heldout()
+        doc = {"test": score_row("", 0, pred[: self.cfg.n_test], lab[: self.cfg.n_test], self.names),
+               "test_large": score_row("", 0, pred, lab, self.names),
+               "heldout_generated": score_row("", 0, segment_with_unet(unet, himg), hlab, self.names)}
+        _write_json(path, doc)
+        return doc
+
+    # -- the annotator ------------------------------------------------------------------------
+    def annotator_job(self) -> dict:
+        from ganseg.training.annotator import annotator_labels
+
+        path = self.out / "annotator.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        img, lab = self.test_set()
+        pred = annotator_labels(self.annotator, img)
+        _save_npy(self.out / "preds" / "annotator.npy", pred[: self.cfg.n_test])
+        doc = {"test": score_row("", 0, pred[: self.cfg.n_test], lab[: self.cfg.n_test], self.names),
+               "test_large": score_row("", 0, pred, lab, self.names)}
+        _write_json(path, doc)
+        print(f"annotator: rendered test mIoU {doc['test_large']['miou']:.3f}")
+        return doc
+
+    # -- heads on annotated generated shots ----------------------------------------------------
+    def head(self, tag: str, seeds: tuple[int, ...], head_seed: int):
+        from ganseg.evaluate import score_row as sr
+        from ganseg.heads import load_head, save_head
+        from ganseg.shots import Shots, shot_features
+        from ganseg.synthesize import head_probs
+        from ganseg.training.annotator import head_steps_for, style_mixed_ws
+        from ganseg.training.train_head import HeadTrainConfig, train_head
+
+        path = self.out / f"head_{tag}.safetensors"
+        info_path = self.out / f"head_{tag}.json"
+        if path.is_file() and info_path.is_file():
+            return load_head(path)
+        shots, _, masks = self.shots(seeds)
+        k = len(seeds)
+        batch = min(2, k)
+        steps = self.cfg.head_steps or head_steps_for(k, batch, self.cfg.head_views)
+        train_shots = shots
+        if self.cfg.style_mix:
+            mixed = style_mixed_ws(self.G, shots.ws, self.cfg.style_mix, seed=1000 + head_seed)
+            train_shots = Shots(torch.cat([shots.ws, mixed]), shots.masks.repeat(self.cfg.style_mix + 1, 1, 1),
+                                self.names)
+        t0 = time.perf_counter()
+        head = train_head(self.G, train_shots, HeadTrainConfig(kind=self.cfg.head_kind, steps=steps, batch=batch,
+                                                               seed=head_seed), progress=False)
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            fit = head_probs(head, shot_features(self.G, shots))[0].argmax(1).numpy()
+            hws, _, hlab = self.heldout()
+            pred = np.concatenate([head_probs(head, self.G.synthesize_features(w=hws[i: i + 25])[1])[0]
+                                   .argmax(1).numpy() for i in range(0, len(hws), 25)])
+        info = {"seeds": list(seeds), "head_seed": head_seed, "steps": steps, "batch": batch,
+                "style_mix": self.cfg.style_mix, "seconds": round(seconds, 1),
+                "fit": sr("", k, fit, masks, self.names),
+                "heldout_generated": sr("", k, pred, hlab, self.names)}
+        save_head(head, path, extra={"class_names": self.names})
+        _write_json(info_path, info)
+        print(f"head {tag}: {steps} steps, fits its shots {info['fit']['miou']:.3f}, "
+              f"held-out generated vs annotator {info['heldout_generated']['miou']:.3f}")
+        return head
+
+    # -- students -------------------------------------------------------------------------------
+    def unet(self, name: str, data, val: float = 0.0) -> Path:
+        from ganseg.training.train_unet import UNetTrainConfig, UNetTrainer
+
+        run = self.out / f"unet_{name}"
+        state = run / "unet.json"
+        if state.is_file() and json.loads(state.read_text())["step"] >= self.cfg.unet_steps:
+            return run
+        tcfg = UNetTrainConfig(width=self.cfg.unet_width, steps=self.cfg.unet_steps, batch=self.cfg.unet_batch,
+                               val_fraction=val)
+        trainer = UNetTrainer(tcfg, data, run)
+        if trainer.state_path.is_file():
+            trainer.load()
+        print(f"unet_{name}: {len(trainer.train_data)} train images, from step {trainer.step}", flush=True)
+        trainer.train(progress=False)
+        if trainer.step < self.cfg.unet_steps:  # stopped by a signal: checkpointed, do not go on
+            raise SystemExit(f"unet_{name} stopped at step {trainer.step}; rerun the same command to resume")
+        return run
+
+    def labelled(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, source: str):
+        from ganseg.training.train_unet import LabelledData
+
+        return LabelledData(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(labels)),
+                            np.asarray(ids, np.int64), self.names, source=source)
+
+    def with_shots(self, images: np.ndarray, labels: np.ndarray, seeds: tuple[int, ...], source: str):
+        """Distillation set + the annotated shots repeated to `shot_share` of the samples: the exact
+        labels the person painted stay in the student's diet instead of only their head's echo."""
+        _, simg, smask = self.shots(seeds)
+        reps = math.ceil(self.cfg.shot_share * len(images) / (1 - self.cfg.shot_share) / len(seeds)) \
+            if self.cfg.shot_share > 0 else 0
+        ids = np.arange(len(images) + reps * len(seeds))
+        return self.labelled(np.concatenate([images] + [simg] * reps), np.concatenate([labels] + [smask] * reps),
+                             ids, source + (f" + {len(seeds)} annotated shots x{reps}" if reps else ""))
+
+    def synth(self, tag: str, head) -> Path:
+        from ganseg.synthesize import SynthConfig, read_manifest, synthesize_dataset
+
+        data = self.out / f"synth_{tag}"
+        cfg = SynthConfig(n=self.cfg.synth_n, truncation=self.cfg.truncation, class_names=self.names)
+        t0 = time.perf_counter()
+        synthesize_dataset(self.G, head, cfg, data, progress=False)
+        m = read_manifest(data)
+        if len(m["shards"]) == m["num_shards"] and not (data / "timing.json").is_file():
+            write_atomic(data / "timing.json", json.dumps({"seconds": time.perf_counter() - t0,
+                                                           "threads": torch.get_num_threads()}).encode())
+        return data
+
+    def auto(self, tag: str, seeds: tuple[int, ...], head_seed: int, plain: bool = False) -> None:
+        """head -> synthesized set -> student (+ shots) -> self-training rounds; `plain`: the ablation
+        without shots and self-training (head labels only)."""
+        from ganseg.synthesize import load_synth_dataset
+        from ganseg.unet import load_unet, segment_with_unet
+
+        head = self.head(tag, seeds, head_seed)
+        ds = load_synth_dataset(self.synth(tag, head), soft=False)
+        if plain:
+            self.score_unet(self.unet(f"a0_{tag}", self.labelled(ds.images, ds.labels, ds.seeds, f"synth_{tag}")))
+            return
+        run = self.unet(f"a1_{tag}", self.with_shots(ds.images, ds.labels, seeds, f"synth_{tag} (head labels)"))
+        self.score_unet(run)
+        for r in range(self.cfg.self_train):
+            relabel = segment_with_unet(load_unet(run), ds.images)
+            run = self.unet(f"a{r + 2}_{tag}", self.with_shots(ds.images, relabel, seeds,
+                                                               f"synth_{tag} relabelled by round {r + 1}'s student"))
+            self.score_unet(run)
+
+    def genshots(self, tag: str, seeds: tuple[int, ...]) -> None:
+        """The pixel baseline: a UNet on the K annotated generated images alone."""
+        _, img, masks = self.shots(seeds)
+        self.score_unet(self.unet(f"g_{tag}", self.labelled(img, masks, np.array(seeds), f"annotated shots {tag}")))
+
+    def oracle(self) -> None:
+        """Same generated images as the synthesized sets (seeds 0..synth_n-1), painted by the annotator."""
+        from ganseg.training.annotator import annotate_generated
+
+        run = self.out / "unet_oracle"
+        if not (run / "unet.json").is_file() or json.loads((run / "unet.json").read_text())["step"] < self.cfg.unet_steps:
+            _, img, masks = annotate_generated(self.G, self.annotator, range(self.cfg.synth_n), truncation_psi=self.cfg.truncation)
+            self.unet("oracle", self.labelled(img, masks, np.arange(self.cfg.synth_n), "generated, annotator's masks"))
+        self.score_unet(run)
+
+    def real(self, n: int) -> None:
+        img, lab = render_faces(split_seeds("train", n), resolution=self.G.resolution)
+        self.score_unet(self.unet(f"real_n{n}", self.labelled(img, lab, np.arange(n), f"rendered train seeds 0..{n - 1}")))
+
+    # -- protocol "inverted": real photos as shots, inverted into the GAN -----------------------
     def inversion(self, name: str, images: np.ndarray):
         from ganseg.invert import (InvertConfig, default_discriminator_for, invert, load_discriminator,
                                    load_inversion, save_inversion)
@@ -108,11 +321,11 @@ class Runner:
         save_inversion(inv, path)
         return inv
 
-    # -- (a) heads on inverted shots, scored through test inversions ---------------------------
-    def heads(self) -> None:
+    def inv_heads(self) -> None:
         from ganseg.evaluate import predict_from_inversion
         from ganseg.heads import save_head
         from ganseg.shots import Shots
+        from ganseg.training.annotator import head_steps_for
         from ganseg.training.train_head import HeadTrainConfig, train_head
 
         rows_path = self.out / "invert_rows.json"
@@ -120,154 +333,184 @@ class Runner:
             return
         shot_img, shot_lab = render_faces(split_seeds("train", max(SHOTS)), resolution=self.G.resolution)
         shot_inv = self.inversion("shots", shot_img)
-        test_img, test_lab = self.test_set(self.cfg.n_test)
-        test_inv = self.inversion("test", test_img)
+        test_img, test_lab = self.test_set()
+        test_inv = self.inversion("test", test_img[: self.cfg.n_test])
         rows = []
         for k in SHOTS:
-            torch.manual_seed(k)  # the head's init and shot order: reproducible per k
-            shots = Shots(shot_inv.ws[:k], torch.from_numpy(shot_lab[:k]).long(), list(CLASS_NAMES),
+            shots = Shots(shot_inv.ws[:k], torch.from_numpy(shot_lab[:k]).long(), self.names,
                           noise=[n[:k] for n in shot_inv.noise])
-            head = train_head(self.G, shots, HeadTrainConfig(kind=self.cfg.head_kind, steps=self.cfg.head_steps))
-            save_head(head, self.out / f"head_k{k}.safetensors", extra={"class_names": list(CLASS_NAMES)})
+            batch = min(2, k)
+            steps = self.cfg.head_steps or head_steps_for(k, batch, self.cfg.head_views)
+            head = train_head(self.G, shots, HeadTrainConfig(kind=self.cfg.head_kind, steps=steps, batch=batch,
+                                                             seed=k), progress=False)
+            save_head(head, self.out / f"head_inv_k{k}.safetensors", extra={"class_names": self.names})
             pred = predict_from_inversion(self.G, head, test_inv).numpy().astype(np.uint8)
             _save_npy(self.out / "preds" / f"invert_k{k}.npy", pred)
-            rows.append(score_row(f"invert+{self.cfg.head_kind}", k, pred, test_lab, list(CLASS_NAMES),
-                                  family="invert"))
+            rows.append(score_row(f"invert+{self.cfg.head_kind}", k, pred, test_lab[: self.cfg.n_test], self.names,
+                                  family="invert", protocol="inverted"))
             print(f"invert+{self.cfg.head_kind} {k}-shot: mIoU {rows[-1]['miou']:.3f}")
-        doc = {"rows": rows, "psnr_test_mean": float(test_inv.psnr.mean()),
-               "psnr_shots_mean": float(shot_inv.psnr.mean())}
-        write_atomic(rows_path, (json.dumps(doc, indent=1) + "\n").encode())
+        _write_json(rows_path, {"rows": rows, "psnr_test_mean": float(test_inv.psnr.mean()),
+                                "psnr_shots_mean": float(shot_inv.psnr.mean())})
 
-    # -- (b) auto-shot dataset and its UNet -----------------------------------------------------
-    def synth_dir(self, k: int, variant: str | None = None) -> Path:
-        v = VARIANTS.get(variant, {})
-        tag = f"_{variant}" if ("truncation" in v or "soft_topk" in v) else ""  # variants that change the data
-        return self.out / f"synth_k{k}{tag}"
-
-    def synth(self, k: int, variant: str | None = None) -> Path:
+    def inv_auto(self, k: int) -> None:
         from ganseg.heads import load_head
-        from ganseg.synthesize import SynthConfig, read_manifest, synthesize_dataset
+        from ganseg.synthesize import load_synth_dataset
 
-        head_path = self.out / f"head_k{k}.safetensors"
+        head_path = self.out / f"head_inv_k{k}.safetensors"
         if not head_path.is_file():
-            self.heads()
-        v = VARIANTS.get(variant, {})
-        data = self.synth_dir(k, variant)
-        cfg = SynthConfig(n=self.cfg.synth_n, truncation=v.get("truncation", self.cfg.truncation),
-                          soft_topk=v.get("soft_topk", 0), class_names=list(CLASS_NAMES))
-        t0 = time.perf_counter()
-        synthesize_dataset(self.G, load_head(head_path), cfg, data)
-        m = read_manifest(data)
-        if len(m["shards"]) == m["num_shards"] and not (data / "timing.json").is_file():
-            write_atomic(data / "timing.json", json.dumps({"seconds": time.perf_counter() - t0,
-                                                           "threads": torch.get_num_threads()}).encode())
-        return data
-
-    def unet(self, name: str, data, soft: bool = False) -> Path:
-        from ganseg.training.train_unet import UNetTrainConfig, UNetTrainer
-
-        run = self.out / f"unet_{name}"
-        state = run / "unet.json"
-        if state.is_file() and json.loads(state.read_text())["step"] >= self.cfg.unet_steps:
-            return run
-        # synthesized data keeps a 5 % validation slice (agreement with the head's labels); real
-        # sets train on all N images (the test split is separate)
-        val = 0.05 if name.startswith("auto") else 0.0
-        tcfg = UNetTrainConfig(width=self.cfg.unet_width, steps=self.cfg.unet_steps, batch=self.cfg.unet_batch,
-                               val_fraction=val, soft=soft)
-        trainer = UNetTrainer(tcfg, data, run)
-        if trainer.state_path.is_file():
-            trainer.load()
-        print(f"unet_{name}: {len(trainer.train_data)} train / {len(trainer.val_data)} val images, "
-              f"from step {trainer.step}")
-        trainer.train()
-        if trainer.step < self.cfg.unet_steps:  # stopped by a signal: checkpointed, do not go on
-            raise SystemExit(f"unet_{name} stopped at step {trainer.step}; rerun the same command to resume")
-        return run
-
-    def auto(self, k: int, variant: str | None = None) -> None:
-        from ganseg.synthesize import read_manifest
-        from ganseg.training.train_unet import synth_data
-
-        if variant is not None and variant not in VARIANTS:
-            raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-        v = VARIANTS.get(variant, {})
-        data = self.synth_dir(k, variant)
-        if not (data / "timing.json").is_file():
-            self.synth(k, variant)
-        limit = None
-        if "keep" in v:
-            # the manifest lists every image's uncertainty: no need to read the shards twice
-            unc = [u for e in read_manifest(data)["shards"] for u in e["uncertainty"]]
-            limit = float(np.quantile(unc, v["keep"]))
-        soft = "soft_topk" in v
-        name = f"auto_k{k}" + (f"_{variant}" if variant else "")
-        self.unet(name, synth_data(data, max_uncertainty=limit, soft=soft), soft=soft)
-
-    # -- (c) supervised on N rendered train images ----------------------------------------------
-    def real(self, n: int) -> None:
-        from ganseg.training.train_unet import LabelledData
-
-        img, lab = render_faces(split_seeds("train", n), resolution=self.G.resolution)
-        data = LabelledData(torch.from_numpy(img), torch.from_numpy(lab), np.arange(n, dtype=np.int64),
-                            list(CLASS_NAMES), source=f"rendered train seeds 0..{n - 1}")
-        self.unet(f"real_n{n}", data)
+            self.inv_heads()
+        ds = load_synth_dataset(self.synth(f"inv_k{k}", load_head(head_path)), soft=False)
+        self.score_unet(self.unet(f"inv_k{k}", self.labelled(ds.images, ds.labels, ds.seeds, f"synth_inv_k{k}")))
 
     # -- the table ------------------------------------------------------------------------------
-    def table(self) -> dict:
-        from ganseg.unet import load_unet, segment_with_unet
+    def _row(self, method: str, k: int, family: str, protocol: str, runs: list[Path], **extra) -> dict | None:
+        """Mean over the runs that finished (per-run figures kept); None when none did."""
+        scores = [self.score_unet(r) for r in runs if (r / "unet.safetensors").is_file()
+                  and json.loads((r / "unet.json").read_text())["step"] >= self.cfg.unet_steps]
+        if not scores:
+            return None
+        return self._mean_row(method, k, family, protocol, scores, runs=[r.name for r in runs][:len(scores)], **extra)
 
-        names = list(CLASS_NAMES)
-        test_img, test_lab = self.test_set(max(self.cfg.n_test, self.cfg.n_test_unet))
-        inv_doc = json.loads((self.out / "invert_rows.json").read_text())
-        rows, preds = list(inv_doc["rows"]), {}
+    def _mean_row(self, method, k, family, protocol, scores, **extra) -> dict:
+        mean = lambda key: float(np.mean([s[key]["miou"] for s in scores if key in s]))  # noqa: E731
+        row = {"method": method, "shots": k, "protocol": protocol, "family": family,
+               "miou": mean("test"), "miou_1000": mean("test_large"),
+               "iou": {n: float(np.mean([s["test"]["iou"][n] for s in scores])) for n in self.names},
+               "iou_1000": {n: float(np.mean([s["test_large"]["iou"][n] for s in scores])) for n in self.names},
+               "n_runs": len(scores), "miou_runs": [round(s["test"]["miou"], 4) for s in scores],
+               "miou_1000_runs": [round(s["test_large"]["miou"], 4) for s in scores]}
+        if all("heldout_generated" in s for s in scores):
+            row["miou_heldout_generated"] = float(np.mean([s["heldout_generated"]["miou"] for s in scores]))
+        row.update(extra)
+        return row
+
+    def table(self) -> dict:
+        names = self.names
+        test_img, test_lab = self.test_set()
+        rows, preds = [], {}
+        ann = self.annotator_job()
         for k in SHOTS:
-            preds[f"invert+{self.cfg.head_kind} {k}"] = np.load(self.out / "preds" / f"invert_k{k}.npy")
-        unets = [(f"auto_k{k}", "auto-shot UNet", k, "auto") for k in SHOTS] + \
-                [(f"real_n{n}", "supervised UNet", n, "real") for n in REAL_N] + \
-                [(f"auto_k{k}_{v}", f"auto-shot UNet, {VARIANTS[v]['about']}", k, "variant")
-                 for k in SHOTS for v in VARIANTS]
-        for name, method, k, family in unets:
-            run = self.out / f"unet_{name}"
-            if not (run / "unet.safetensors").is_file():
-                if family != "variant":  # variants are optional
-                    print(f"skipping {name}: not trained yet")
-                continue
-            unet = load_unet(run)
-            pred = segment_with_unet(unet, test_img)
-            big = score_row(method, k, pred, test_lab, names)
-            row = score_row(method, k, pred[: self.cfg.n_test], test_lab[: self.cfg.n_test], names,
-                            family=family,
-                            miou_large_test=big["miou"], train_step=unet.meta.get("step"))
-            rows.append(row)
-            if row["family"] != "variant":
-                preds[f"{method} {k}"] = pred[: self.cfg.n_test]
-        sup = {r["shots"]: r["miou"] for r in rows if r.get("family") == "real"}
-        auto = {r["shots"]: r["miou"] for r in rows if r.get("family") == "auto"}
-        inv = {r["shots"]: r["miou"] for r in rows if r.get("family") == "invert"}
-        goals = {}
-        if 1000 in sup:
-            goals = {f"auto_{k}shot_over_supervised1000": auto[k] / sup[1000] for k in auto}
-        goals.update({f"auto_minus_invert_{k}shot": auto[k] - inv[k] for k in auto if k in inv})
-        timing = {f"synth_k{k}": json.loads((self.out / f"synth_k{k}" / "timing.json").read_text())
-                  for k in SHOTS if (self.out / f"synth_k{k}" / "timing.json").is_file()}
+            rows.append(self._mean_row("annotator", k, "annotator", "generated", [ann],
+                                       about="simulated annotator (quality-probe UNet, 3 000 rendered faces) on rendered test"))
+            oracle = self._row("oracle", k, "oracle", "generated", [self.out / "unet_oracle"],
+                               about=f"UNet on {self.cfg.synth_n} generated images painted by the annotator")
+            if oracle:
+                rows.append(oracle)
+        for k in SHOTS:
+            sets = shot_sets(k, self.cfg.head_seeds)
+            heads = [json.loads((self.out / f"head_{t}.json").read_text()) for t, _, _ in sets
+                     if (self.out / f"head_{t}.json").is_file()]
+            ladder = {}
+            if heads:
+                ladder = {"head_fit": float(np.mean([h["fit"]["miou"] for h in heads])),
+                          "head_vs_annotator_heldout": float(np.mean([h["heldout_generated"]["miou"] for h in heads])),
+                          "head_steps": heads[0]["steps"], "head_runs": len(heads)}
+            final = f"a{self.cfg.self_train + 1}"
+            for prefix, method, family in ((final, AUTO_METHOD, "auto"),
+                                           ("a1", "auto-shot UNet, no self-training", "ablation"),
+                                           ("a0", "auto-shot UNet, head labels only (no shots, no self-training)",
+                                            "ablation")):
+                if prefix == "a1" and final == "a1":
+                    continue
+                row = self._row(method, k, family, "generated", [self.out / f"unet_{prefix}_{t}" for t, _, _ in sets],
+                                **ladder)
+                if row:
+                    rows.append(row)
+            gsets = sorted({(t.split("_h")[0], s) for t, s, _ in sets})
+            row = self._row(GENSHOT_METHOD, k, "genshots", "generated", [self.out / f"unet_g_{t}" for t, _ in gsets])
+            if row:
+                rows.append(row)
+        for n in REAL_N:
+            row = self._row("supervised UNet", n, "real", "generated", [self.out / f"unet_real_n{n}"],
+                            about=f"{n} rendered train photos with exact masks")
+            if row:
+                rows.append(row)
+        inv_doc = {}
+        if (self.out / "invert_rows.json").is_file():
+            inv_doc = json.loads((self.out / "invert_rows.json").read_text())
+            rows += inv_doc["rows"]
+        for k in SHOTS:
+            row = self._row("auto-shot UNet (real photos as shots, inverted)", k, "invauto", "inverted",
+                            [self.out / f"unet_inv_k{k}"])
+            if row:
+                rows.append(row)
+        by = {(r["family"], r["shots"]): r for r in rows}
+        goals = self.goals(by)
+        timing = {p.parent.name: json.loads(p.read_text()) for p in sorted(self.out.glob("synth_*/timing.json"))}
         results = {"environment": environment(), "config": asdict(self.cfg), "resolution": self.G.resolution,
-                   "classes": names,
-                   "psnr_test_mean": inv_doc["psnr_test_mean"], "psnr_shots_mean": inv_doc["psnr_shots_mean"],
-                   "rows": rows, "ratios": goals, "synthesis_timing": timing}
+                   "classes": names, "protocols": {
+                       "generated": "shots are generated images (seeds 0..K-1, psi 1) painted by the simulated annotator",
+                       "inverted": "shots are rendered photos with exact masks, inverted into the GAN"},
+                   "psnr_test_mean": inv_doc.get("psnr_test_mean"), "psnr_shots_mean": inv_doc.get("psnr_shots_mean"),
+                   "rows": rows, "goals": goals, "synthesis_timing": timing}
         self.results.mkdir(parents=True, exist_ok=True)
         write_json(self.results / "autoshot_eval.json", results)
-        md = markdown_table(results, shots_header="shots / N")
-        md += "\n| method | shots / N | mIoU, " + f"{self.cfg.n_test} test images | mIoU, " \
-              f"{self.cfg.n_test_unet} test images |\n|---|---:|---:|---:|\n"
-        md += "".join(f"| {r['method']} | {r['shots']} | {r['miou']:.3f} | {r['miou_large_test']:.3f} |\n"
-                      for r in rows if "miou_large_test" in r)
-        md += "\n" + "".join(f"- {k}: {v:.3f}\n" for k, v in goals.items())
+        md = self.markdown(results)
         write_text(self.results / "autoshot_eval.md", md)
+        for k in SHOTS:
+            r = by.get(("auto", k))
+            if r and r.get("runs"):
+                preds[f"{AUTO_METHOD} {k}"] = np.load(self.out / r["runs"][0] / "pred_test.npy")
+        for fam, label in (("genshots", GENSHOT_METHOD), ("oracle", "oracle"), ("real", "supervised UNet")):
+            r = by.get((fam, 10))
+            if r and r.get("runs"):
+                preds[f"{label} {10}"] = np.load(self.out / r["runs"][0] / "pred_test.npy")
+        if (self.out / "preds" / "annotator.npy").is_file():
+            preds = {"annotator": np.load(self.out / "preds" / "annotator.npy")} | preds
         show = min(8, self.cfg.n_test)
         self.figures(test_img[:show], test_lab[:show], {k: v[:show] for k, v in preds.items()}, rows)
         print(md)
         return results
+
+    def goals(self, by: dict) -> dict:
+        """The issue's goals, met or not, from the 10-shot rows (None where a row is missing)."""
+        a10, g10, s10, s1000 = (by.get(("auto", 10)), by.get(("genshots", 10)), by.get(("real", 10)),
+                                by.get(("real", 1000)))
+        a1 = by.get(("auto", 1))
+        out = {}
+        if a10 and g10:
+            out["auto10_minus_genshots10"] = {"value": a10["miou"] - g10["miou"], "goal": ">= 0.05",
+                                              "value_1000": a10["miou_1000"] - g10["miou_1000"],
+                                              "met": a10["miou_1000"] - g10["miou_1000"] >= 0.05}
+        if a10 and s10:
+            out["auto10_vs_supervised10"] = {"value": a10["miou_1000"], "goal": f">= {s10['miou_1000']:.3f}",
+                                             "met": a10["miou_1000"] >= s10["miou_1000"]}
+        if a10 and s1000:
+            ratio = a10["miou_1000"] / s1000["miou_1000"]
+            out["auto10_over_supervised1000"] = {"value": ratio, "goal": ">= 0.90", "met": ratio >= 0.9}
+        if a1:
+            out["auto1_mean"] = {"value": a1["miou_1000"], "goal": ">= 0.45", "met": a1["miou_1000"] >= 0.45}
+        if a10:
+            low = min(a10["iou_1000"].items(), key=lambda kv: kv[1])
+            out["auto10_lowest_class"] = {"value": low[1], "class": low[0], "goal": ">= 0.25", "met": low[1] >= 0.25}
+        return out
+
+    def markdown(self, results: dict) -> str:
+        names, cfg = results["classes"], self.cfg
+        md = (f"Protocol **generated** (ReGAN's): shots are generated images painted by the simulated annotator; "
+              f"**inverted**: rendered photos as shots, inverted into the GAN. mIoU on {cfg.n_test} / "
+              f"{cfg.n_test_unet} rendered test images; runs = heads (shots for 1-shot) averaged.\n\n")
+        md += "| protocol | method | shots / N | runs | mIoU | mIoU, 1000 | vs annotator, generated | " \
+              + " | ".join(names) + " |\n|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "\n"
+        f3 = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        for r in results["rows"]:
+            iou = r.get("iou_1000", r["iou"])
+            md += (f"| {r.get('protocol', '')} | {r['method']} | {r['shots']} | {r.get('n_runs', 1)} | {r['miou']:.3f} | "
+                   f"{f3(r.get('miou_1000'))} | {f3(r.get('miou_heldout_generated'))} | "
+                   + " | ".join(f"{iou[n]:.2f}" for n in names) + " |\n")
+        md += "\nLoss ladder (protocol generated, mIoU): annotator on rendered test → oracle → head vs annotator " \
+              "(held-out generated) → auto-shot UNet vs annotator (held-out generated) → auto-shot UNet on rendered test\n\n"
+        md += "| shots | annotator | oracle | head fits its shots | head, generated | student, generated | student, rendered | pixel baseline (same shots) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        by = {(r["family"], r["shots"]): r for r in results["rows"]}
+        for k in SHOTS:
+            a, o, s, g = by.get(("annotator", k)), by.get(("oracle", k)), by.get(("auto", k)), by.get(("genshots", k))
+            md += (f"| {k} | {f3(a and a['miou_1000'])} | {f3(o and o['miou_1000'])} | {f3(s and s.get('head_fit'))} | "
+                   f"{f3(s and s.get('head_vs_annotator_heldout'))} | {f3(s and s.get('miou_heldout_generated'))} | "
+                   f"{f3(s and s['miou_1000'])} | {f3(g and g['miou_1000'])} |\n")
+        md += "\nGoals (1000 rendered test images):\n\n" + "".join(
+            f"- {k}: {v['value']:.3f} (goal {v['goal']}{', ' + v['class'] if 'class' in v else ''}) — "
+            f"{'met' if v['met'] else 'NOT met'}\n" for k, v in results["goals"].items())
+        return md
 
     def figures(self, img: np.ndarray, lab: np.ndarray, preds: dict[str, np.ndarray], rows: list[dict]) -> None:
         plt = pyplot()
@@ -275,38 +518,40 @@ class Runner:
         save_png(self.results / "autoshot_overlays.png", make_grid(np.concatenate(panels), ncols=len(img)))
         write_text(self.results / "autoshot_overlays.txt",
                    "rows, top to bottom: test image, ground truth, " + ", ".join(preds) + "\n")
-        # what the students learn from: generated images and the head's labels (k = most shots)
-        k = max(SHOTS)
-        if (self.out / f"synth_k{k}" / "timing.json").is_file():
-            from ganseg.synthesize import load_synth_dataset
-
-            ds = load_synth_dataset(self.out / f"synth_k{k}", soft=False)
-            save_png(self.results / "autoshot_dataset.png",
-                     make_grid(np.concatenate([ds.images[:16], overlay(ds.images[:16], ds.labels[:16], PALETTE)]),
-                               ncols=16))
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for family, label, marker in (("invert", f"invert+{self.cfg.head_kind} (k shots)", "o"),
-                                      ("auto", "auto-shot UNet (k shots)", "s"),
-                                      ("real", "supervised UNet (N real images)", "^")):
-            pts = sorted((r["shots"], r["miou"]) for r in rows if r.get("family") == family)
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        for family, label, marker in (("auto", "auto-shot UNet (k generated shots)", "s"),
+                                      ("genshots", "UNet on the k generated shots (pixels only)", "v"),
+                                      ("invauto", "auto-shot UNet, inverted photos as shots", "o"),
+                                      ("real", "supervised UNet (N rendered photos)", "^")):
+            pts = sorted((r["shots"], r["miou_1000"]) for r in rows if r.get("family") == family and "miou_1000" in r)
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=label)
-        sup = [r["miou"] for r in rows if r.get("family") == "real" and r["shots"] == 1000]
-        for frac, style in ((0.9, "--"), (0.75, ":")) if sup else ():
-            ax.axhline(frac * sup[0], color="grey", ls=style, lw=1, label=f"goal: {frac:.0%} of supervised-1000")
+        for family, style in (("annotator", "--"), ("oracle", ":")):
+            v = [r["miou_1000"] for r in rows if r.get("family") == family]
+            if v:
+                ax.axhline(v[0], color="grey", ls=style, lw=1, label=family)
         ax.set_xscale("log")
         ax.set_xlabel("annotated images (k shots or N)")
-        ax.set_ylabel(f"mIoU, {self.cfg.n_test} rendered test images")
+        ax.set_ylabel(f"mIoU, {self.cfg.n_test_unet} rendered test images")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         save_figure(fig, self.results / "autoshot_miou.png")
+
+
+def expand_jobs(jobs: list[str], cfg: AutoshotEvalConfig) -> list[str]:
+    if jobs == ["all"]:
+        return (["annotator", "heads"] + [f"auto{k}" for k in SHOTS] + ["oracle", "genshots"]
+                + [f"real{n}" for n in REAL_N] + ["inv-heads", "inv-auto10", "table"])
+    return jobs
 
 
 def main() -> None:
     d = AutoshotEvalConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", default="all", help="comma list of heads, synthK, autoK, realN, table, or all")
+    p.add_argument("--jobs", default="all",
+                   help="comma list of annotator, heads, autoK, autoK:TAG, plainK, genshots, genshotsK, oracle, realN, "
+                        "inv-heads, inv-autoK, table, or all")
     p.add_argument("--out", default="runs/autoshot", help="working folder (heads, datasets, UNets)")
     p.add_argument("--results", default=str(RESULTS), help="where the table and figures go")
     for f, v in asdict(d).items():
@@ -314,22 +559,37 @@ def main() -> None:
     args = p.parse_args()
     cfg = AutoshotEvalConfig(**{f: getattr(args, f) for f in asdict(d)})
     r = Runner(cfg, Path(args.out), Path(args.results))
-    jobs = args.jobs.split(",")
-    if jobs == ["all"]:
-        jobs = ["heads"] + [f"auto{k}" for k in SHOTS] + [f"real{n}" for n in REAL_N] + ["table"]
-    for job in jobs:
+    for job in expand_jobs(args.jobs.split(","), cfg):
         t0 = time.perf_counter()
-        if job == "heads":
-            r.heads()
+        if job == "annotator":
+            r.annotator_job()
+        elif job == "heads":
+            for k in SHOTS:
+                for tag, seeds, hs in shot_sets(k, cfg.head_seeds):
+                    r.head(tag, seeds, hs)
         elif job == "table":
             r.table()
-        elif job.startswith("synth"):
-            r.synth(int(job[5:]))
+        elif job == "oracle":
+            r.oracle()
+        elif job.startswith("genshots"):
+            for k in ([int(job[8:])] if job[8:] else SHOTS):
+                for tag, seeds in sorted({(t.split("_h")[0], s) for t, s, _ in shot_sets(k, cfg.head_seeds)}):
+                    r.genshots(tag, seeds)
+        elif job.startswith("plain"):
+            k = int(job[5:])
+            tag, seeds, hs = shot_sets(k, cfg.head_seeds)[0]
+            r.auto(tag, seeds, hs, plain=True)
         elif job.startswith("auto"):
-            k, _, variant = job[4:].partition(":")
-            r.auto(int(k), variant or None)
+            k, _, only = job[4:].partition(":")
+            for tag, seeds, hs in shot_sets(int(k), cfg.head_seeds):
+                if not only or only == tag:
+                    r.auto(tag, seeds, hs)
         elif job.startswith("real"):
             r.real(int(job[4:]))
+        elif job == "inv-heads":
+            r.inv_heads()
+        elif job.startswith("inv-auto"):
+            r.inv_auto(int(job[8:]))
         else:
             raise SystemExit(f"unknown job {job!r}")
         print(f"[{job}] done in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -251,34 +251,3 @@ def test_bad_inputs_give_clear_errors(models, tmp_path, capsys):
     synthesize_dataset(G, head, SynthConfig(n=8, shard_size=8, batch=8), tmp_path / "hard", progress=False)
     with pytest.raises(ValueError, match="soft-topk"):
         synth_data(tmp_path / "hard", soft=True)
-
-
-def test_autoshot_comparison_script_end_to_end(tmp_path):
-    """benchmarks/autoshot_eval.py at toy scale: every method trains, the table and figures appear."""
-    root = Path(__file__).resolve().parents[1]
-    script = [sys.executable, str(root / "benchmarks" / "autoshot_eval.py"), "--out", str(tmp_path / "w")]
-    toy = ["--n-test", "3", "--n-test-unet", "5", "--invert-steps", "2", "--head-steps", "3", "--synth-n", "20",
-           "--unet-steps", "2", "--unet-width", "4"]
-    r = subprocess.run(script + toy + ["--results", str(tmp_path / "res")], capture_output=True, text=True,
-                       cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "res" / "autoshot_eval.json").read_text())
-    methods = [(row["method"], row["shots"]) for row in res["rows"]]
-    assert methods == [("invert+cnn", 1), ("invert+cnn", 5), ("invert+cnn", 10),
-                       ("auto-shot UNet", 1), ("auto-shot UNet", 5), ("auto-shot UNet", 10),
-                       ("supervised UNet", 10), ("supervised UNet", 100), ("supervised UNet", 1000)]
-    assert all(0 <= row["miou"] <= 1 and set(row["iou"]) == set(res["classes"]) for row in res["rows"])
-    assert "auto_10shot_over_supervised1000" in res["ratios"]
-    for f in ("autoshot_eval.md", "autoshot_overlays.png", "autoshot_miou.png"):
-        assert (tmp_path / "res" / f).stat().st_size > 0
-    # finished jobs are skipped on a rerun
-    r2 = subprocess.run(script + toy + ["--results", str(tmp_path / "res2"), "--jobs", "real10,auto1,auto10:keep70,table"],
-                        capture_output=True, text=True, cwd=tmp_path)
-    assert r2.returncode == 0, r2.stderr[-2000:]
-    assert r2.stdout.count("from step") == 1  # only the new variant trains
-    rows2 = json.loads((tmp_path / "res2" / "autoshot_eval.json").read_text())["rows"]
-    assert rows2[:9] == res["rows"] and rows2[9]["family"] == "variant" and rows2[9]["shots"] == 10
-    # cached results made with other settings are never mixed in
-    r3 = subprocess.run(script + toy + ["--synth-n", "30", "--jobs", "table"], capture_output=True, text=True,
-                        cwd=tmp_path)
-    assert r3.returncode != 0 and "other settings (synth_n)" in r3.stderr

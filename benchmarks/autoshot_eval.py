@@ -72,7 +72,7 @@ class AutoshotEvalConfig:
     shot_share: float = 0.1     # share of the distillation samples that are the annotated shots
     self_train: int = 1         # self-training rounds after the first student
     unet_width: int = 16
-    unet_steps: int = 2000
+    unet_steps: int = 1000    # students and baselines alike (2 000 in tables before 2026-12-05)
     unet_batch: int = 16
     invert_steps: int = 200     # protocol "inverted" only
     ckpt: str = ""              # generator file; "" = the bundled default

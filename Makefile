@@ -18,6 +18,8 @@ demo: venv
 	# ports), segment rendered "real" photos through it, stop the server (docs/serving.md)
 	$(BIN)/ganseg render --split test --n 6 --res 128 --out runs/demo/photos
 	$(BIN)/ganseg client runs/demo/photos --serve --out runs/demo/triton_masks
+	# how good the served masks are: against the rendered photos' exact masks
+	$(BIN)/ganseg score runs/demo/triton_masks runs/demo/photos
 
 # Debian's Chromium for `ganseg annotate`'s browser tests (Playwright drives it; Playwright's own
 # browser download cannot work on these machines): apt-get only when it is missing

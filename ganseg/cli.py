@@ -30,7 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-head": ("ganseg.training.train_head", "train a few-shot segmentation head on annotated shots"),
     "segment": ("ganseg.segment", "segment real images: with a distilled UNet (fast, deployable) or by "
                                   "GAN inversion + a few-shot head"),
-    "eval": ("ganseg.training.eval_protocol", "1/5/10-shot mIoU table on the held-out rendered test split"),
+    "eval": ("ganseg.training.eval_protocol", "1/5/10-shot heads: generated shots painted by a simulated annotator "
+                                              "(the paper's protocol) or inverted photos (--protocol inverted)"),
+    "score": ("ganseg.evaluate", "mIoU of predicted masks against true masks (NAME_mask.png, matched by name)"),
     "synthesize": ("ganseg.synthesize", "auto-shot dataset: GAN images labelled by a head, in resumable shards"),
     "train-unet": ("ganseg.training.train_unet", "train a UNet on a synthesized (or real labelled) dataset"),
     "export": ("ganseg.export.cli", "export to ONNX, TensorRT or a Triton model repository"),

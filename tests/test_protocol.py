@@ -119,3 +119,29 @@ def test_ganseg_eval_generated_protocol(tmp_path):
     one = next(row for row in res["rows"] if row["shots"] == 1)
     assert len(one["miou_runs"]) == A.ONE_SHOT_REPEATS  # 1-shot: the mean over different single shots
     assert (tmp_path / "fewshot_overlays.png").stat().st_size > 0
+
+
+def test_ganseg_score_compares_masks_by_name(tmp_path):
+    """`ganseg score` (make demo's mIoU line): a perfect prediction scores 1, a wrong one less, and
+    folders that share no mask name are refused with one line."""
+    from ganseg.labels import save_label_png
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    _, lab = render_faces(split_seeds("test", 2), resolution=32)
+    for i, m in enumerate(lab):
+        save_label_png(truth / f"{i:04d}_mask.png", m)
+        save_label_png(pred / f"{i:04d}_mask.png", m)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ganseg.cli", "score", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    r = run(pred, truth, "--json", tmp_path / "s.json")
+    assert r.returncode == 0 and r.stdout.startswith("mIoU 1.000 on 2 image(s)"), r.stdout + r.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["miou"] == 1.0
+    wrong = lab[0].copy()
+    wrong[wrong == CLASS_NAMES.index("skin")] = 0
+    save_label_png(pred / "0000_mask.png", wrong)
+    r = run(pred, truth)
+    assert r.returncode == 0 and float(r.stdout.split()[1]) < 1.0
+    (tmp_path / "other").mkdir()
+    r = run(tmp_path / "other", truth)
+    assert r.returncode == 2 and "has a namesake" in r.stderr and "Traceback" not in r.stderr

@@ -128,7 +128,7 @@ def test_ganseg_score_compares_masks_by_name(tmp_path):
 
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     truth.mkdir(), pred.mkdir()
-    _, lab = render_faces(split_seeds("test", 2), resolution=32)
+    _, lab = render_faces(split_seeds("test", 2), resolution=64)
     for i, m in enumerate(lab):
         save_label_png(truth / f"{i:04d}_mask.png", m)
         save_label_png(pred / f"{i:04d}_mask.png", m)

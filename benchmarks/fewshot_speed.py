@@ -32,7 +32,7 @@ def main() -> None:
         ws = G.map(torch.randn(1, G.z_dim))
         mask = torch.randint(0, 10, (1, G.resolution, G.resolution))
         for kind in ("linear", "mlp", "cnn"):
-            cfg = HeadTrainConfig(kind=kind)
+            cfg = HeadTrainConfig(kind=kind, steps=600)  # the figure docs/fewshot.md quotes: 600 steps
             t = time.perf_counter()
             train_head(G, Shots(ws, mask, [str(i) for i in range(10)]), cfg, progress=False)
             rows.append({"generator": name, "head": kind, "steps": cfg.steps,

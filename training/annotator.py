@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from ganseg.heads import head_steps_for  # noqa: F401  (the protocol's head recipe; re-exported)
+
 SHOT_SEEDS = tuple(range(10))
 ONE_SHOT_REPEATS = 5
 HELDOUT_SEED0 = 1_000_000
@@ -83,9 +85,3 @@ def style_mixed_ws(G, ws: torch.Tensor, copies: int, seed: int = 0, mix_from: in
         mixed[:, k:] = other[:, k:]
         out.append(mixed)
     return torch.cat(out)
-
-
-def head_steps_for(k: int, batch: int = 2, views_per_shot: int = 400, floor: int = 500) -> int:
-    """Steps so that each of k shots is seen about `views_per_shot` times: with 600 fixed steps a
-    10-shot CNN head fitted its own shots at 0.68 mIoU and dropped eyes; 2 000 (400 views) fit 0.97."""
-    return max(floor, math.ceil(views_per_shot * k / min(batch, k)))

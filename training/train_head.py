@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ganseg.errors import BadInput
-from ganseg.heads import HeadEnsemble, SegmentationHead, head_for, save_head
+from ganseg.heads import HeadEnsemble, SegmentationHead, head_for, head_steps_for, save_head
 from ganseg.shots import Shots, load_sampled_shots, shot_features, shots_from_real
 
 
 @dataclass
 class HeadTrainConfig:
     kind: str = "cnn"
-    steps: int = 600
+    steps: int = 0           # 0: scaled with the shots, each seen ~400 times (`ganseg.heads.head_steps_for`)
     lr: float = 1e-3
     batch: int = 2           # shots per step (all of them when fewer)
     ensemble: int = 1        # N heads with different seeds -> HeadEnsemble
@@ -41,8 +41,8 @@ class HeadTrainConfig:
         if self.kind not in ("linear", "mlp", "cnn"):
             raise BadInput(f"head kind must be 'linear', 'mlp' or 'cnn', got {self.kind!r}")
         for name, v in (("steps", self.steps), ("ensemble", self.ensemble), ("batch", self.batch)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise BadInput(f"--{name} must be an integer >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
+                raise BadInput(f"--{name} must be an integer >= {0 if name == 'steps' else 1}, got {v!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise BadInput(f"--lr must be a number > 0, got {self.lr!r}")
         if G is not None:
@@ -71,6 +71,7 @@ def train_head(G, shots: Shots, cfg: HeadTrainConfig, progress: bool = True) -> 
     check_shots(G, shots)
     feats = shot_features(G, shots)
     size = shots.masks.shape[-1]
+    steps = cfg.steps or head_steps_for(len(shots.ws), cfg.batch)
     heads = []
     for k in range(cfg.ensemble):
         torch.manual_seed(cfg.seed + k)
@@ -81,7 +82,7 @@ def train_head(G, shots: Shots, cfg: HeadTrainConfig, progress: bool = True) -> 
         head.project.scales.copy_(torch.tensor(head.cfg.feature_scales))
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
         n = len(shots.ws)
-        bar = tqdm(range(cfg.steps), desc=f"train {cfg.kind} head {k + 1}/{cfg.ensemble}", disable=not progress)
+        bar = tqdm(range(steps), desc=f"train {cfg.kind} head {k + 1}/{cfg.ensemble}", disable=not progress)
         for step in bar:
             idx = torch.randperm(n)[: min(cfg.batch, n)]
             logits = head([f[idx] for f in feats])
@@ -107,7 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", action="store_true",
                    help="shots are labelled real images (NNNN.png + NNNN_mask.png): invert them first")
     p.add_argument("--head", choices=["linear", "mlp", "cnn"], default=d.kind)
-    p.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps per head")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="optimizer steps per head (default: scaled with the shots so each is seen ~400 times: "
+                        "2 000 for 10 shots at batch 2, at least 500)")
     p.add_argument("--lr", type=positive_float, default=d.lr)
     p.add_argument("--ensemble", type=positive_int, default=d.ensemble,
                    help="train N heads (different seeds) -> an ensemble with per-pixel uncertainty")
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be wrong is checked before the (slow) inversion and training.
     check_out_file(args.out)
-    cfg = HeadTrainConfig(kind=args.head, steps=args.steps, lr=args.lr, ensemble=args.ensemble,
+    cfg = HeadTrainConfig(kind=args.head, steps=args.steps or 0, lr=args.lr, ensemble=args.ensemble,
                           min_resolution=args.min_resolution)
     cfg.validate()
     G = load_generator(args.ckpt)

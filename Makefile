@@ -45,8 +45,11 @@ bench: venv perf-analyzer
 
 # Adopt a generator as the bundled default if the quality probe finds it better than the current one:
 # re-distils the default UNet, reruns the few-shot/auto-shot tables, rewrites the cards (tools/adopt.py)
-# make adopt G=gen.safetensors D=disc.safetensors [BUDGET=quick]
+# make adopt RUN=runs/gan [BUDGET=quick]   a `ganseg train-gan` run folder (its checkpoint's EMA G + D;
+#                                          train-gan writes no discriminator file of its own)
+# make adopt G=default_generator.safetensors D=default_discriminator.safetensors   an exported pair
+#                                          (what tools/gpu_pass.py writes)
 adopt: venv
-	$(BIN)/python tools/adopt.py $(G) $(D) --budget $(or $(BUDGET),full)
+	$(BIN)/python tools/adopt.py $(or $(RUN),$(G) $(D)) --budget $(or $(BUDGET),full)
 
 .PHONY: venv browser demo test perf-analyzer bench adopt

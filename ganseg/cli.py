@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ganseg {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"ganseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)  # a handler may set 128 + its signal: 143 for SIGTERM
 
 
 if __name__ == "__main__":

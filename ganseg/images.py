@@ -14,7 +14,8 @@ bodies), so every stage agrees on how an unusual image reads:
   transparent pixels of a cut-out thus never read as dark hair or background-black.
 - `CMYK`, `YCbCr`, `1`, `L`, `P`: Pillow's conversion to RGB.
 - EXIF orientation is applied (a phone JPEG reads upright, as viewers show it).
-- Multi-frame files (GIF, TIFF): the first frame.
+- Multi-frame files (animated GIF, PNG (APNG) or WebP, multi-page TIFF): the first frame;
+  `Photo.animated` tells, for the callers that note it (`ganseg client`).
 
 Bad data (empty, truncated, not an image, a format outside `FORMATS`, more than `max_pixels`
 pixels, a decompression bomb) raises `ganseg.errors.UserError` naming the input and the fix, and
@@ -126,8 +127,14 @@ _FIX = f"pass a {', '.join(FORMATS)} image"
 def check_pixel_count(w: int, h: int, name: str, max_pixels: int = MAX_PIXELS) -> None:
     """The one size limit of every stage (segment, client, server): a one-line BadInput above it."""
     if w * h > max_pixels:
-        raise BadInput(f"{name}: image is {w}x{h} ({w * h / 1e6:.1f} MP), above the limit of "
-                       f"{max_pixels / 1e6:.1f} MP; downscale it first")
+        raise BadInput(f"{name}: image is {w}x{h} = {w * h:,} pixels, above the limit of "
+                       f"{_limit(max_pixels)}; downscale it first")
+
+
+def _limit(max_pixels: int) -> str:
+    """The limit as messages print it: exact pixels, so that a photo just above it never reads
+    "64.0 MP, above the limit of 64.0 MP"."""
+    return f"{max_pixels:,} pixels ({max_pixels / 1e6:g} MP)"
 
 
 # EXIF orientation -> the transpose that shows the photo upright (what ImageOps.exif_transpose does)
@@ -156,6 +163,16 @@ class Photo:
         if self._orientation in _ORIENT:
             im = im.transpose(_ORIENT[self._orientation])
         return _to_rgb(im, self.name)
+
+    @property
+    def animated(self) -> bool:
+        """True for a file of several frames (animated GIF/APNG/WebP, multi-page TIFF), of which
+        `rgb()` reads the first only. Asked on demand (GIF and TIFF walk their frame headers to
+        answer), so a caller that does not note it, like the server, never pays for it."""
+        try:
+            return bool(getattr(self._im, "is_animated", False))
+        except Exception:  # noqa: BLE001 - a corrupt later frame: the first one is what is read anyway
+            return False
 
     def close(self) -> None:
         self._im.close()
@@ -215,7 +232,7 @@ def open_photo(source: bytes | bytearray | memoryview | str | os.PathLike, name:
     except Image.DecompressionBombError:
         f.close()
         raise BadInput(f"{name}: image is above {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP, far above the limit of "
-                       f"{max_pixels / 1e6:.1f} MP; downscale it first") from None
+                       f"{_limit(max_pixels)}; downscale it first") from None
     except Image.UnidentifiedImageError:
         f.close()
         raise BadInput(f"{name}: not a readable image (unknown or unsupported format); {_FIX}") from None

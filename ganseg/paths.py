@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 from ganseg.errors import BadInput, MissingFile
 
@@ -115,16 +116,28 @@ def output_names(paths: list[str]) -> list[str]:
     return names
 
 
-def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+def some(paths: Sequence[str | os.PathLike], shown: int = 5) -> str:
+    """The first `shown` paths, then how many more: what a note prints instead of a long list."""
+    head = ", ".join(map(str, paths[:shown]))
+    return head + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+def list_images(paths: list[str | os.PathLike], note: Callable[[str], None] | None = None) -> list[Path]:
     """The image files to segment: files as given (any name: their content is checked when read),
     folders expanded to the image files directly inside them (by suffix, sorted by name; ganseg's
     own `*_mask.*` / `*_overlay.*` outputs skipped). A missing path or a folder without images is a
-    one-line error before any work."""
+    one-line error before any work.
+
+    `note` (e.g. `print`) gets one line naming the files of those folders left out because their
+    suffix is not an image format ganseg reads (a photo saved as .heic or .avif used to vanish from
+    a run without a word); hidden files (.DS_Store) are not counted."""
     out: list[Path] = []
+    skipped: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.stem.endswith(OUTPUT_STEM_ENDINGS))
+            files = sorted(f for f in p.iterdir() if f.is_file())
+            found = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and not f.stem.endswith(OUTPUT_STEM_ENDINGS)]
+            skipped += [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES and not f.name.startswith(".")]
             if not found:
                 raise BadInput(f"{p}: the folder holds no image files ({' '.join(IMAGE_SUFFIXES)}); pass image "
                                f"files or a folder of them")
@@ -133,7 +146,19 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
             out.append(p)
         else:
             raise MissingFile(f"{p}: no such file or folder; pass image files or folders of images")
+    if note is not None and skipped:
+        note(f"note: skipped {len(skipped)} file(s) that are not images ganseg reads (by suffix: "
+             f"{' '.join(IMAGE_SUFFIXES)}): {some(skipped)}")
     return out
+
+
+def first_frame_note(paths: Sequence[str | os.PathLike]) -> str | None:
+    """One note line for inputs of several frames (`ganseg.images.Photo.animated`), or None: every
+    stage reads the first frame only, and says so once per run rather than once per file."""
+    if not paths:
+        return None
+    return (f"note: {len(paths)} image(s) have several frames (animated GIF/PNG/WebP, multi-page TIFF); "
+            f"only the first frame was segmented: {some(list(paths))}")
 
 
 def claim_numbered(folder: str | os.PathLike, stem: str, suffix: str) -> Path:

@@ -131,6 +131,7 @@ class Result:
     overlay: bytes | None = None
     error: str | None = None
     sent: bool = True  # False: not sent, the server was already stopping
+    animated: bool = False  # several frames (GIF/APNG/WebP/TIFF): the server segments the first
 
 
 def server_stopping(url: str, protocol: str, timeout: float = 2.0) -> bool:
@@ -167,7 +168,7 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
     why) and `on_result` is not called for them. An interrupt (KeyboardInterrupt, also what
     SIGTERM raises under `signals_interrupt`) cancels what is queued and is re-raised; results that
     arrive after it are not reported."""
-    from ganseg.pipeline import check_photo
+    from ganseg.images import open_photo
 
     connect(url, protocol, model)  # clear error before reading anything
     local = threading.local()
@@ -179,13 +180,14 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
             local.client = _module(protocol).InferenceServerClient(url)
         data = path.read_bytes()
         try:  # the server's own limits, from the header: a photo it would refuse is not sent
-            check_photo(data, str(path))
+            with open_photo(data, str(path)) as photo:  # what pipeline.check_photo does, + animated
+                animated = photo.animated
         except UserError as exc:
             return Result(path, 0.0, error=" ".join(str(exc).split()))
         t0 = time.perf_counter()
         try:
             mask, ov = infer_once(local.client, protocol, model, data, overlay, timeout, overlay_size)
-            return Result(path, time.perf_counter() - t0, mask, ov)
+            return Result(path, time.perf_counter() - t0, mask, ov, animated=animated)
         except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException and transport errors
             msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
             if stopping.is_set() or server_stopping(url, protocol):
@@ -314,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise UserError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # 0 failed every request as "deadline exceeded"
+        raise UserError(f"--timeout {args.timeout:g}: pass the seconds one request may take, > 0 (default 60)")
     if args.repo and not args.serve:
         raise UserError("--repo only applies with --serve (otherwise pass --url of a running server)")
     if args.serve and args.url:
@@ -321,9 +325,9 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay_size is not None and (args.overlay_size < 1 or args.no_overlay):
         raise UserError(f"--overlay-size {args.overlay_size}: pass a positive number of pixels, without --no-overlay")
     out = check_out_dir(args.out)
-    files = list_images(args.images)
-    names = dict(zip(files, output_names(files)))
     say = LinePrinter()
+    files = list_images(args.images, note=say)
+    names = dict(zip(files, output_names(files)))
     for f, name in names.items():
         if name != f.stem:
             say(f"note: {f} -> {name}_mask.png (another input has the same file name)")
@@ -351,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str, out: Path, say) -> int:
     from ganseg.images import write_atomic
+    from ganseg.paths import first_frame_note
     from ganseg.pipeline import label_png
 
     client = connect(url, args.protocol, args.model)
@@ -377,6 +382,9 @@ def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str,
                             overlay_size=args.overlay_size)
     wall = time.perf_counter() - t0
     ok = [r for r in results if r.error is None]
+    frames = first_frame_note([r.path for r in ok if r.animated])
+    if frames:  # once per run, not once per file
+        say(frames)
     s = summarize([r.latency_s for r in ok], wall)
     if ok:
         say(f"segmented {len(ok)}/{len(results)} image(s) via {args.protocol}://{url} model {args.model} "

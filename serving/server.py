@@ -10,6 +10,14 @@ Why these choices:
 - `--disable-auto-complete-config`: loads faster, and ganseg's configs are complete anyway.
 - The server is started in a new session (process group), so stopping it also ends every
   Python-backend stub it spawned; SIGTERM first (Triton drains requests), SIGKILL after a timeout.
+- The server dies with the process that started it (Linux `prctl(PR_SET_PDEATHSIG, SIGKILL)` in
+  the child before exec): a `ganseg serve` killed with SIGKILL (no handler runs, no `finally`)
+  used to leave tritonserver and its stubs holding the ports. The stubs need no help: each
+  watches its parent and exits within ~0.3 s of tritonserver's death.
+- The repository is checked before Triton starts: a model needing a backend this server lacks
+  (the pip wheel has only the Python backend) or a GPU this machine lacks is one line naming the
+  model and the command that rebuilds the repository for CPU, not Triton's "unable to find
+  backend library".
 - Readiness is polled on /v2/health/ready (strict readiness: every model loaded). If the server
   dies or is not ready in time, the error carries the tail of its log (port clash, stub failure,
   a model that failed to load).
@@ -18,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +46,25 @@ READY_TIMEOUT_S = 120.0
 # error-level lines Triton always prints on a machine without a GPU
 _HARMLESS = ("CudaDriverHelper has not been initialized", "unable to create stream")
 STOP_TIMEOUT_S = 15.0
+# the file `ganseg export triton` writes at a repository's root, naming the target it was built for
+REPOSITORY_RECORD = "ganseg_repository.json"
+# Triton's platform names -> the backend that loads them (ensembles need none)
+_PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt",
+                      "pytorch_libtorch": "pytorch", "tensorflow_graphdef": "tensorflow",
+                      "tensorflow_savedmodel": "tensorflow"}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM under `signals_interrupt`: a KeyboardInterrupt (so every `finally` and
+    `except KeyboardInterrupt` unwinds as for Ctrl-C) that remembers its signal; `exit_code` is the
+    shell's convention 128 + signal number (130 for SIGINT, 143 for SIGTERM), which `ganseg.cli`
+    returns, so a scheduler sees that a job was terminated, not interrupted from the keyboard."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(signal.Signals(signum).name)
 
 
 def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
@@ -76,6 +105,98 @@ def _proc_stats() -> dict[int, list[bytes]]:
 def _group_pids(pgid: int) -> list[int]:
     """Processes still alive in a process group."""
     return [pid for pid, fields in _proc_stats().items() if int(fields[2]) == pgid and fields[0] != b"Z"]
+
+
+def _die_with_parent():
+    """A `preexec_fn` that makes the child get SIGKILL when the thread that started it dies
+    (`PR_SET_PDEATHSIG`), or None where that does not apply.
+
+    Why: `ganseg serve` stops Triton from `finally`/signal handlers, but SIGKILL (the OOM killer,
+    `kill -9`, a CI runner's cleanup) runs none of them; the server, in its own session, then kept
+    running with its stubs and ports. Linux only. Only from the main thread: the death signal
+    follows the starting *thread*, and a worker thread that started a server and returned would
+    take it down with it. The parent is compared after the call, in case it died in between."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nothing would signal us
+            os._exit(1)
+
+    return preexec
+
+
+def _read_configs(repo: Path) -> dict[str, object]:
+    """model folder name -> its parsed config.pbtxt (Triton's ModelConfig protobuf); configs that
+    do not parse are left out (Triton names their error itself), and so is everything when
+    tritonclient's protobuf classes are not installed."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as mc
+    except ImportError:
+        return {}
+    configs = {}
+    for path in sorted(repo.glob("*/config.pbtxt")):
+        try:
+            configs[path.parent.name] = text_format.Parse(path.read_text(), mc.ModelConfig())
+        except Exception:  # noqa: BLE001 - text_format.ParseError, UnicodeDecodeError, OSError
+            continue
+    return configs
+
+
+def check_repository(repo: Path) -> None:
+    """A one-line UserError if a model of `repo` needs a backend this server does not have, or a
+    GPU (`KIND_GPU` instances) this machine does not have; checked before starting Triton, whose
+    own error is "unable to find backend library for backend 'onnxruntime'" after the start.
+
+    The fix named is the exact `ganseg export triton` command that rebuilds the repository for
+    CPU (from the ONNX file a GPU repository keeps), or NVIDIA's container for foreign models."""
+    configs = _read_configs(repo)
+    if not configs:
+        return
+    have = tritonenv.available_backends()
+    gpus = None
+    needs: list[str] = []
+    for name, cfg in configs.items():
+        backend = cfg.backend or _PLATFORM_BACKENDS.get(cfg.platform, "")
+        own_lib = any((repo / name).glob(f"**/libtriton_{backend}.so")) if backend else False
+        if backend and backend not in have and not own_lib:
+            via = f"platform {cfg.platform}" if cfg.platform else f"backend {backend}"
+            needs.append(f"model {name} needs Triton's {backend} backend ({via})")
+        elif any(g.kind == g.KIND_GPU for g in cfg.instance_group):
+            gpus = tritonenv.cuda_device_count() if gpus is None else gpus
+            if gpus == 0:
+                needs.append(f"model {name} asks for GPU instances (instance_group kind KIND_GPU)")
+    if not needs:
+        return
+    target, pipeline = None, "bls"
+    try:
+        record = json.loads((repo / REPOSITORY_RECORD).read_text())
+        target, pipeline = record.get("target"), record.get("pipeline", "bls")
+    except (OSError, ValueError, AttributeError):
+        pass
+    made = f" (made by `ganseg export triton --target {target}`)" if target and target != "cpu" else ""
+    server = (f"this tritonserver (pip's nvidia-pytriton) has only the {', '.join(sorted(have))} backend"
+              f"{'' if tritonenv.cuda_device_count() else ' and this machine has no CUDA GPU'}")
+    pipe = f" --pipeline {pipeline}" if pipeline != "bls" else ""
+    onnx = repo / "ganseg_unet" / "1" / "model.onnx"
+    if target:
+        src = f"--onnx {onnx}" if onnx.is_file() else "--unet RUN"
+        fix = (f"rebuild the repository for CPU with `ganseg export triton {src} --repo {repo}{pipe}`"
+               + ("" if onnx.is_file() else " (RUN: the UNet it was made from)")
+               + ", or serve it on a GPU server with NVIDIA's Triton container (docs/serving.md)")
+    else:
+        fix = ("serve it with NVIDIA's Triton container (docs/serving.md), or write a CPU repository with "
+               f"`ganseg export triton --repo {repo}`")
+    raise UserError(f"--repo {repo}{made}: {'; '.join(needs)}, but {server}; {fix}")
 
 
 def process_tree_rss(pid: int) -> int:
@@ -145,6 +266,9 @@ class TritonServer:
         if not any(self.repo.glob("*/config.pbtxt")):
             raise UserError(f"--repo {self.repo}: no model folders with a config.pbtxt; fill it with "
                             f"`ganseg export triton --repo {self.repo}`")
+        if not self.ready_timeout > 0:  # also NaN
+            raise UserError(f"--ready-timeout {self.ready_timeout}: pass a number of seconds > 0")
+        check_repository(self.repo)  # what the repository needs first: no port fixes a missing backend
         used: set[int] = set()
         for kind, port in self.ports.items():
             if port is None:
@@ -189,7 +313,8 @@ class TritonServer:
         cmd = self.command()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, env=tritonenv.server_environment(), stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent())
         try:
             self._wait_ready()
         except BaseException:
@@ -250,8 +375,13 @@ class TritonServer:
         return process_tree_rss(self.pid) if self.is_running() else 0
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the server (Triton drains and unloads), SIGKILL its whole process group after
-        `timeout`; returns its exit code. Nothing of it is left running afterwards."""
+        """SIGTERM the server (Triton drains and unloads), SIGKILL it after `timeout`, then its
+        whole process group if a stub is still there; returns its exit code. Nothing of it is left
+        running afterwards.
+
+        The server alone is killed first: its stubs notice and exit on their own within ~0.3 s,
+        unlinking their shared-memory regions; killed together with it, they leave 1 MB
+        `/dev/shm/triton_python_backend_shm_region_*` files behind."""
         p = self.process
         if p is None:
             return None
@@ -261,7 +391,8 @@ class TritonServer:
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                pass
+                p.kill()
+                p.wait()
         deadline = time.monotonic() + 5.0
         while _group_pids(pgid) and time.monotonic() < deadline:  # stubs exit right after the server
             time.sleep(0.05)
@@ -287,7 +418,8 @@ class TritonServer:
 
 @contextlib.contextmanager
 def signals_interrupt(signals=(signal.SIGINT, signal.SIGTERM)):
-    """While inside (main thread only), the first SIGINT or SIGTERM raises KeyboardInterrupt, so
+    """While inside (main thread only), the first SIGINT or SIGTERM raises `Interrupted` (a
+    KeyboardInterrupt whose `exit_code` is 128 + the signal: 130, 143), so
     `with TritonServer(...)` / `try: ... finally: server.stop()` unwind and stop the server and its
     Python-backend stubs; later signals are ignored, so a second one cannot cut that stop short
     (it is bounded: SIGKILL after STOP_TIMEOUT_S). The previous handlers are restored on exit.
@@ -301,7 +433,7 @@ def signals_interrupt(signals=(signal.SIGINT, signal.SIGTERM)):
         nonlocal fired
         if not fired:
             fired = True
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in signals}
     try:
@@ -371,6 +503,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.ready_timeout > 0:  # before the first-use export of the default repository
+        raise UserError(f"--ready-timeout {args.ready_timeout}: pass a number of seconds > 0")
     repo = Path(args.repo) if args.repo else default_repository()
     server = TritonServer(repo, args.http_port, args.grpc_port, args.metrics_port, log_path=args.log,
                           host=args.host, ready_timeout=args.ready_timeout, log_verbose=args.log_verbose)

@@ -99,6 +99,29 @@ def server_environment(base: dict | None = None) -> dict[str, str]:
     return env
 
 
+def available_backends() -> set[str]:
+    """The backends the server started by ganseg can load: the folders of its backend directory
+    (the pip wheel has the Python backend only; onnxruntime and tensorrt come with NVIDIA's
+    container)."""
+    return {d.name for d in backend_directory().iterdir() if d.is_dir()}
+
+
+def cuda_device_count() -> int:
+    """CUDA devices the driver reports (0 without a driver or a GPU). Asked through the driver
+    library itself (`libcuda.so.1`: cuInit + cuDeviceGetCount), the same thing Triton asks, so a
+    `KIND_GPU` model can be refused before Triton starts and fails with its own, vaguer, error."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
 def execution_env_path() -> str:
     """The venv (or prefix) the stubs run in: what EXECUTION_ENV_PATH would point at."""
     return sys.prefix

@@ -12,6 +12,7 @@ import argparse
 import io
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from pngs import header_only_png  # noqa: E402
 from ganseg.labels import load_label_png  # noqa: E402
 from ganseg.paths import list_images, output_names  # noqa: E402
 from ganseg.serving import client as cli  # noqa: E402
-from ganseg.serving.server import TritonServer, _group_pids  # noqa: E402
+from ganseg.errors import UserError  # noqa: E402
+from ganseg.serving.server import TritonServer, _group_pids, _port_in_use, free_port  # noqa: E402
 
 
 def _photo(h: int, w: int, seed: int) -> np.ndarray:
@@ -189,18 +191,29 @@ def test_concurrent_result_lines_are_written_whole(server, tmp_path, monkeypatch
 def test_requests_during_a_server_shutdown_say_the_server_is_stopping(repo, tmp_path, protocol) -> None:
     """SIGTERM to the server mid-run: the image in flight says the server is stopping (not Triton's
     "has no available versions", "Server is stopping, scheduler ..." or a socket error, which
-    differ by protocol and timing), the rest are counted and not sent."""
+    differ by protocol and timing), the rest are counted and not sent.
+
+    Deterministic: HTTP keeps answering through Triton's drain (up to --exit-timeout-secs=5), and
+    2 000 unthrottled images once all finished inside it (1 run in 5). After the signal each
+    result waits up to 50 ms for the server to exit, so at most ~40 requests a second are sent
+    while it drains: 2 000 images last 50 s, ten times the drain, and the run still ends as soon
+    as the server is gone."""
     first = _write_photos(tmp_path / "in", ["0000.png"], seed=60, size=(16, 16))[0]
-    for i in range(1, 2000):  # HTTP keeps answering through Triton's 5 s drain: enough work to outlast it
+    for i in range(1, 2000):
         os.link(first, tmp_path / "in" / f"{i:04d}.png")
     photos = list_images([tmp_path / "in"])
     with TritonServer(repo, ready_timeout=120) as srv:
         done = []
 
-        def on_result(r: cli.Result) -> None:
+        def on_result(r: cli.Result) -> None:  # on a worker thread
             done.append(r)
             if len(done) == 3:
                 srv.process.send_signal(signal.SIGTERM)
+            elif len(done) > 3:
+                try:
+                    srv.process.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    pass
 
         url = srv.grpc_url if protocol == "grpc" else srv.http_url
         results = cli.segment_files(photos, url, protocol, concurrency=2, on_result=on_result)
@@ -234,7 +247,7 @@ def test_client_serve_stops_its_server_and_stubs_on_sigterm(repo, tmp_path) -> N
         assert server_pid is not None and _group_pids(server_pid), "".join(lines)
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 130, "".join(lines) + rest
+        assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + rest  # 143, as a shell reports it
         assert "interrupted: stopped Triton" in rest and "interrupted" in rest.splitlines()[-1]
         assert not _group_pids(server_pid), "tritonserver or a Python-backend stub outlived `ganseg client --serve`"
         assert len(list((tmp_path / "out").glob("*_mask.png"))) < 400
@@ -277,3 +290,129 @@ def test_masks_are_the_pipelines_fast_indexed_png_and_limits_are_checked_before_
 def test_output_names_are_one_rule() -> None:
     """The rule both commands call (pure: no server)."""
     assert output_names(["a/0000.png", "a/0000-2.png", "b/0000.png"]) == ["a__0000", "0000-2", "b__0000"]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 23: what a run leaves out, how `ganseg serve` ends, and repositories it cannot serve
+
+def test_sigkill_to_ganseg_serve_takes_tritonserver_and_its_stubs_down(repo) -> None:
+    """SIGKILL runs no handler and no `finally`: tritonserver (its own session) and its five
+    Python-backend stubs used to keep running and holding the ports. The server now dies with its
+    parent (PR_SET_PDEATHSIG) and the stubs follow it (they watch their parent)."""
+    ports = [free_port() for _ in range(3)]
+    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "serve", "--repo", str(repo),
+                             "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server_pid = None
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        text = "".join(lines)
+        server_pid = int(text.split("ready (pid ")[1].split(")")[0])
+        assert len(_group_pids(server_pid)) >= 2, text  # tritonserver and its stubs
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _group_pids(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = _group_pids(server_pid)
+        assert not left, f"left running after SIGKILL to `ganseg serve`: {left}"
+        assert not [p for p in ports if _port_in_use("127.0.0.1", p)], "a port is still held"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if server_pid is not None and _group_pids(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_a_gpu_repository_is_refused_before_triton_starts_with_the_command_that_rebuilds_it(
+        repo, tmp_path, capsys) -> None:
+    """`--target onnxruntime-gpu` on this server gave only Triton's "unable to find backend
+    library" after the start. Now one line before starting, and its command fixes the repository."""
+    from ganseg.cli import main
+    from ganseg.serving import tritonenv
+    from ganseg.serving.repository import build_repository
+
+    gpu = build_repository(tmp_path / "gpu", onnx=repo / "ganseg_unet" / "1" / "model.onnx",
+                           target="onnxruntime-gpu")
+    ports = [str(free_port()) for _ in range(3)]
+    t0 = time.monotonic()
+    assert main(["serve", "--repo", str(gpu), "--http-port", ports[0], "--grpc-port", ports[1],
+                 "--metrics-port", ports[2]]) == 2
+    assert time.monotonic() - t0 < 5  # refused before Triton starts (its start and failure take longer)
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unable to find backend library" not in err, err
+    assert "model ganseg_unet needs Triton's onnxruntime backend (platform onnxruntime_onnx)" in err, err
+    command = re.search(r"rebuild the repository for CPU with `([^`]+)`", err).group(1)
+    assert command == f"ganseg export triton --onnx {gpu / 'ganseg_unet' / '1' / 'model.onnx'} --repo {gpu}"
+    assert main(shlex.split(command)[1:]) == 0  # the command given fixes it ...
+    from ganseg.serving.server import check_repository
+
+    check_repository(gpu)
+    for model in ("ganseg_unet", "ganseg_segment"):  # ... into the CPU repository of the same ONNX file
+        assert (gpu / model / "config.pbtxt").read_text() == (repo / model / "config.pbtxt").read_text()
+    # a Python model asking for GPU instances: refused where the machine has no CUDA device
+    (tmp_path / "g" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "g" / "m" / "config.pbtxt").write_text(
+        'name: "m"\nbackend: "python"\nmax_batch_size: 0\ninstance_group [ { kind: KIND_GPU } ]\n'
+        'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    if tritonenv.cuda_device_count() == 0:
+        with pytest.raises(UserError, match=r"model m asks for GPU instances .* no CUDA GPU; serve it with"):
+            check_repository(tmp_path / "g")
+    else:
+        check_repository(tmp_path / "g")
+
+
+def _animated(fmt: str, frames: list[np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    first, *rest = [Image.fromarray(f) for f in frames]
+    first.save(buf, format=fmt, save_all=True, append_images=rest, **({"lossless": True} if fmt == "WEBP" else {}))
+    return buf.getvalue()
+
+
+def test_skipped_files_and_first_frames_are_noted_once_and_timeout_0_is_refused(server, tmp_path, capsys) -> None:
+    """A folder's .heic / .txt files used to vanish without a word, animated files were segmented
+    from their first frame without a word, and `--timeout 0` was accepted."""
+    from ganseg.cli import main
+
+    photos = tmp_path / "photos"
+    _write_photos(photos, ["plain.png"], seed=80)
+    frames = [_photo(48, 40, s) for s in (81, 82, 83)]
+    frames[0] = (frames[0] // 32) * 32  # 144 colours: a GIF palette (256) keeps them exactly
+    (photos / "anim.gif").write_bytes(_animated("GIF", frames))
+    (photos / "anim2.png").write_bytes(_animated("PNG", frames))  # APNG
+    (photos / "holiday.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "first").mkdir()
+    Image.fromarray(frames[0]).save(tmp_path / "first" / "anim.png")
+    out = tmp_path / "out"
+    assert cli.run(_args(str(photos), str(tmp_path / "first" / "anim.png"), "--url", server.grpc_url,
+                         "--out", str(out))) == 0
+    lines = capsys.readouterr().out.splitlines()
+    notes = [ln for ln in lines if ln.startswith("note: ")]
+    skipped = [ln for ln in notes if ln.startswith("note: skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith("note: skipped 2 file(s)"), notes
+    assert str(photos / "holiday.heic") in skipped[0] and str(photos / "notes.txt") in skipped[0]
+    assert ".DS_Store" not in skipped[0]
+    several = [ln for ln in notes if " have several frames" in ln]
+    assert len(several) == 1 and "2 image(s)" in several[0] and "only the first frame" in several[0], notes
+    assert str(photos / "anim.gif") in several[0] and str(photos / "anim2.png") in several[0]
+    assert str(photos / "plain.png") not in several[0]
+    masks = {p.name for p in out.glob("*_mask.png")}
+    assert masks == {"plain_mask.png", "photos__anim_mask.png", "first__anim_mask.png", "anim2_mask.png"}, masks
+    first = load_label_png(out / "first__anim_mask.png")  # what the note says: frame 1 is what was segmented
+    assert np.array_equal(load_label_png(out / "photos__anim_mask.png"), first)
+    assert np.array_equal(load_label_png(out / "anim2_mask.png"), first)
+    for bad in ("0", "-1", "nan"):
+        assert main(["client", str(photos), "--url", server.grpc_url, "--timeout", bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--timeout {bad}: pass the seconds one request may take, > 0" in err, err

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput("--method invert needs --head (a `ganseg train-head` file); or pass --unet RUN to "
                        "segment with a distilled UNet")
     out = check_out_dir(args.out)
-    paths = [str(p) for p in list_images(args.images)]
+    paths = [str(p) for p in list_images(args.images, note=print)]  # a note names skipped non-images
     names = output_names(paths)
     if method == "unet":
         from ganseg.unet import load_unet

@@ -157,6 +157,26 @@ def test_too_many_pixels_is_refused_before_decoding():
     assert decode_rgb(encode(im), max_pixels=60_000).shape == (200, 300, 3)
 
 
+def test_a_photo_just_above_the_size_limit_says_by_how_much():
+    """Was "8001x8000 (64.0 MP), above the limit of 64.0 MP": two equal numbers. Now exact pixels."""
+    import re
+
+    from ganseg.images import check_pixel_count
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pngs import header_only_png
+
+    cases = [(lambda: decode_rgb(header_only_png(8001, 8000), "big.png"), 8001 * 8000),
+             (lambda: check_pixel_count(MAX_PIXELS + 1, 1, "row.png"), MAX_PIXELS + 1)]
+    for call, pixels in cases:
+        with pytest.raises(UserError) as e:
+            call()
+        got = re.search(r"= ([\d,]+) pixels, above the limit of ([\d,]+) pixels \(64 MP\); downscale", str(e.value))
+        assert got, str(e.value)
+        assert [int(g.replace(",", "")) for g in got.groups()] == [pixels, MAX_PIXELS]
+        assert got.group(1) != got.group(2) and "\n" not in str(e.value)
+
+
 def test_decompression_bomb_png_is_refused_fast():
     import time
     import zlib
@@ -295,6 +315,32 @@ def test_every_writer_checks_out_first(tiny, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------
 # segment
+
+def test_folder_inputs_name_the_files_they_skip_in_one_note(tiny, tmp_path, capsys):
+    """`.heic`, `.avif`, `.txt` files of an input folder used to vanish from a run without a word.
+    One note (segment and client alike: `list_images(note=...)`), the first five named, hidden
+    files and ganseg's own outputs not counted; none at all when nothing is skipped."""
+    from ganseg.paths import list_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo(folder / "a.png", 16, 16, 1)
+    photo(folder / "old_mask.png", 16, 16, 2)  # an earlier output: skipped on purpose, not noted
+    for name in ("b.heic", "c.avif", "d.txt", "e.raw", "f.cr2", "g.psd", "h.xcf"):
+        (folder / name).write_bytes(b"x")
+    (folder / ".DS_Store").write_bytes(b"x")
+    notes = []
+    assert list_images([folder], note=notes.append) == [folder / "a.png"]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("note: skipped 7 file(s) that are not images ganseg reads (by suffix: .png .jpg")
+    assert notes[0].endswith(f"{folder / 'b.heic'}, {folder / 'c.avif'}, {folder / 'd.txt'}, {folder / 'e.raw'}, "
+                             f"{folder / 'f.cr2'} and 2 more"), notes[0]
+    assert ".DS_Store" not in notes[0] and "old_mask" not in notes[0]
+    assert list_images([folder / "a.png"], note=notes.append) == [folder / "a.png"] and len(notes) == 1
+    assert cli("segment", "--unet", tiny["unet"], folder, "--out", tmp_path / "seg") == 0
+    out = capsys.readouterr().out
+    assert sum(ln.startswith("note: skipped 7 file(s)") for ln in out.splitlines()) == 1, out
+
 
 def test_segment_same_names_never_overwrite(tiny, tmp_path, capsys):
     from ganseg.labels import load_label_png

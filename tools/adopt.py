@@ -492,12 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/adopt", help="working folder (tables' runs, logs, replaced files)")
     p.add_argument("--dry-run", action="store_true", help="do everything but the swap; print what would change")
     p.add_argument("--probe-only", action="store_true", help="the probe and its verdict only (minutes)")
+    p.add_argument("--rewrite-docs", action="store_true",
+                   help="no adoption: rewrite the generated blocks of README.md, docs/autoshot.md and docs/fewshot.md "
+                        "from benchmarks/results/ (after rerunning benchmarks/autoshot_eval.py or `ganseg eval`)")
     p.add_argument("--stage", choices=["fewshot"], help=argparse.SUPPRESS)
     p.add_argument("--plan", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.stage == "fewshot":
         fewshot_stage(json.loads(Path(args.plan).read_text()))
         return 0
+    if args.rewrite_docs:
+        return rewrite_result_docs()
     from ganseg.errors import BadInput, UserError, one_line
 
     try:
@@ -513,6 +518,22 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"adopt: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def rewrite_result_docs() -> int:
+    """The generated blocks of the docs from the committed results (atomic writes; reports misses)."""
+    from ganseg.images import write_atomic
+
+    missing: list[str] = []
+    new = quality_tables(ROOT / "benchmarks", missing)
+    p = Path("docs/fewshot.md")
+    fs = ROOT / "benchmarks" / "results" / "fewshot_eval.md"
+    if fs.is_file():
+        new[p] = replace_block((ROOT / p).read_text(), "fewshot-table", fs.read_text(), f"{p}: table", missing)
+    for rel, text in new.items():
+        write_atomic(ROOT / rel, text.encode())
+    print(f"rewrote {', '.join(map(str, new))}" + (f"; not found: {'; '.join(missing)}" if missing else ""))
+    return 1 if missing else 0
 
 
 def from_run(run: Path, dest: Path) -> tuple[Path, Path]:

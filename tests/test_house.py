@@ -207,6 +207,31 @@ def test_parameter_draws_pinned() -> None:
     assert got == PINNED_PARAMS
 
 
+def test_readme_adopt_commands_are_forms_the_tools_produce() -> None:
+    """README said `make adopt G=gen.safetensors D=disc.safetensors`, but `ganseg train-gan` writes
+    no discriminator file: its run folder is what adopt takes (`make adopt RUN=...`), and G= D= is
+    for an exported pair, named as tools/gpu_pass.py writes it. Each README command goes through
+    the Makefile to the arguments tools/adopt.py takes."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    commands = re.findall(r"`make adopt ([^`]+)`", (root / "README.md").read_text())
+    assert any(c.startswith("RUN=") for c in commands), commands  # the train-gan run-folder form
+    gpu_pass = (root / "tools" / "gpu_pass.py").read_text()
+    assert "checkpoint.pt" in (root / "training" / "train_gan.py").read_text()  # what adopt's from_run reads
+    for c in commands:
+        given = dict(kv.split("=", 1) for kv in c.split())
+        if "D" in given:
+            assert f'"{given["G"]}"' in gpu_pass and f'"{given["D"]}"' in gpu_pass, c  # files a tool writes
+        make = subprocess.run(["make", "-n", "-o", "venv", "adopt", *c.split()], cwd=root, capture_output=True,
+                              text=True, timeout=60)
+        assert make.returncode == 0, make.stderr
+        argv = make.stdout.strip().splitlines()[-1].split("tools/adopt.py", 1)[1].split()
+        want = [given["RUN"]] if "RUN" in given else [given["G"], given["D"]]
+        assert argv == [*want, "--budget", given.get("BUDGET", "full")], (c, argv)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. the mask format (ganseg.labels)
 

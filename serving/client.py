@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise UserError(f"--concurrency must be >= 1, got {args.concurrency}")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):  # 0 failed every request as "deadline exceeded"
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # 0 was no limit over HTTP, "Deadline Exceeded" over gRPC
         raise UserError(f"--timeout {args.timeout:g}: pass the seconds one request may take, > 0 (default 60)")
     if args.repo and not args.serve:
         raise UserError("--repo only applies with --serve (otherwise pass --url of a running server)")

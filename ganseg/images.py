@@ -30,12 +30,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from ganseg.errors import BadInput, MissingFile
+
+if TYPE_CHECKING:  # annotations only: the server's processes import this module and never need torch
+    import torch
 
 # Raster formats decode_rgb accepts (Pillow plugin names). JPEG includes cameras' multi-picture
 # (MPO) JPEGs; PPM covers PBM/PGM/PPM.

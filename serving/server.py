@@ -115,7 +115,9 @@ def _die_with_parent():
     `kill -9`, a CI runner's cleanup) runs none of them; the server, in its own session, then kept
     running with its stubs and ports. Linux only. Only from the main thread: the death signal
     follows the starting *thread*, and a worker thread that started a server and returned would
-    take it down with it. The parent is compared after the call, in case it died in between."""
+    take it down with it. The parent is compared after the call, in case it died in between.
+    Between fork and exec the function calls only prctl and getppid (no lock is taken), so it is
+    safe even while other threads run (the usual worry with `preexec_fn`)."""
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
     import ctypes
@@ -188,7 +190,7 @@ def check_repository(repo: Path) -> None:
               f"{'' if tritonenv.cuda_device_count() else ' and this machine has no CUDA GPU'}")
     pipe = f" --pipeline {pipeline}" if pipeline != "bls" else ""
     onnx = repo / "ganseg_unet" / "1" / "model.onnx"
-    if target:
+    if made:  # a ganseg GPU repository: the same models, rebuilt for this server
         src = f"--onnx {onnx}" if onnx.is_file() else "--unet RUN"
         fix = (f"rebuild the repository for CPU with `ganseg export triton {src} --repo {repo}{pipe}`"
                + ("" if onnx.is_file() else " (RUN: the UNet it was made from)")

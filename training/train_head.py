@@ -35,6 +35,7 @@ class HeadTrainConfig:
     ensemble: int = 1        # N heads with different seeds -> HeadEnsemble
     min_resolution: int = 4  # use conv layers from this resolution up (ReGAN: 8)
     seed: int = 0
+    class_weighting: str = "none"  # or "sqrt-inverse": loss weights 1/sqrt(pixel share of the shots' masks)
 
     def validate(self, G=None) -> None:
         """Refuse settings that would "succeed" and break `segment`/`synthesize` later, before training."""
@@ -81,12 +82,17 @@ def train_head(G, shots: Shots, cfg: HeadTrainConfig, progress: bool = True) -> 
         head.cfg.feature_scales = layer_scales([feats[i] for i in used])
         head.project.scales.copy_(torch.tensor(head.cfg.feature_scales))
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+        weight = None
+        if cfg.class_weighting == "sqrt-inverse":
+            from ganseg.training.train_unet import class_weights
+
+            weight = class_weights(shots.masks, len(shots.class_names), "sqrt-inverse")
         n = len(shots.ws)
         bar = tqdm(range(steps), desc=f"train {cfg.kind} head {k + 1}/{cfg.ensemble}", disable=not progress)
         for step in bar:
             idx = torch.randperm(n)[: min(cfg.batch, n)]
             logits = head([f[idx] for f in feats])
-            loss = F.cross_entropy(logits, shots.masks[idx])
+            loss = F.cross_entropy(logits, shots.masks[idx], weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -325,11 +325,10 @@ def rewrite_docs(staging: Path, q1: dict, q07: dict, unet: dict, b: AdoptBudget,
     t = sub_line(t, r"^\| sha256 \|[^\n]*$", f"| sha256 | `{unet['sha256']}` |", f"{p}: sha256", missing)
     t = sub_line(t, r"^\| data \|[^\n]*$",
                  f"| data | {thousands(b.synth_n)} generated images (seeds 0–{b.synth_n - 1}, ψ = 1) labelled by the head "
-                 f"(`ganseg synthesize`), plus the 10 annotated shots (10 % of the samples); then relabelled by that "
-                 f"first student for a second one (self-training) |", f"{p}: data row", missing)
+                 f"(`ganseg synthesize`), plus the 10 annotated shots (half of the samples) |", f"{p}: data row", missing)
     t = sub_line(t, r"^\| training \|[^\n]*$",
-                 f"| training | {thousands(b.unet_steps)} steps × 16, AdamW 2e-3 cosine, all augmentations on "
-                 f"(`UNetTrainConfig` defaults) |", f"{p}: training row", missing)
+                 f"| training | {thousands(b.unet_steps)} steps × 16, AdamW 2e-3 cosine, all augmentations on, class-weighted "
+                 f"loss (`UNetTrainConfig` defaults) |", f"{p}: training row", missing)
     steps = b.head_steps or "2 000"
     t = sub_line(t, r"^\| teacher \|[^\n]*$",
                  f"| teacher | paper CNN head, {steps} steps, on 10 generated images (seeds 0–9, ψ = 1) painted by the "

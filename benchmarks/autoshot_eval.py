@@ -310,6 +310,33 @@ class Runner:
         self.score_unet(self.unet(f"a1w_{tag}", self.with_shots(ds.images, ds.labels, seeds,
                                                                 f"synth_{tag}w (class-weighted head)")))
 
+    def style_mix_head(self, k: int, copies: int = 20) -> None:
+        """Ablation (shot augmentation): the row's first head trained on the shots plus `copies`
+        style-mixed variants of each (fine layers from random latents: same layout, same masks)."""
+        from ganseg.heads import load_head, save_head
+        from ganseg.shots import Shots
+        from ganseg.synthesize import load_synth_dataset
+        from ganseg.training.annotator import style_mixed_ws
+        from ganseg.training.train_head import HeadTrainConfig, train_head
+
+        tag, seeds, hs = shot_sets(k, self.cfg.head_seeds)[0]
+        path = self.out / f"head_{tag}m.safetensors"
+        if not path.is_file():
+            shots, _, _ = self.shots(seeds)
+            mixed = style_mixed_ws(self.G, shots.ws, copies, seed=1000 + hs)
+            train = Shots(torch.cat([shots.ws, mixed]), shots.masks.repeat(copies + 1, 1, 1), self.names)
+            batch = min(2, len(seeds))
+            from ganseg.heads import head_steps_for
+
+            # the plain head's step count (views per *shot*, not per copy): same cost, more variety
+            steps = self.cfg.head_steps or head_steps_for(len(seeds), batch, self.cfg.head_views)
+            head = train_head(self.G, train, HeadTrainConfig(kind=self.cfg.head_kind, batch=batch, seed=hs,
+                                                             steps=steps), progress=False)
+            save_head(head, path, extra={"class_names": self.names})
+        ds = load_synth_dataset(self.synth(f"{tag}m", load_head(path)), soft=False)
+        self.score_unet(self.unet(f"a1m_{tag}", self.with_shots(ds.images, ds.labels, seeds,
+                                                                f"synth_{tag}m (style-mixed shots for the head)")))
+
     def ensemble(self, k: int) -> None:
         """The row's heads averaged (HeadEnsemble) as one teacher: the same student recipe."""
         from ganseg.heads import HeadEnsemble
@@ -444,7 +471,8 @@ class Runner:
                         ("a2s10", "auto-shot UNet, shots 10 %, + one self-training round", "ablation"),
                         ("a1", "auto-shot UNet without self-training", "ablation"),
                         ("a2", "auto-shot UNet + one self-training round", "ablation"),
-                        ("a1w", "auto-shot UNet, class-weighted head loss", "ablation")]
+                        ("a1w", "auto-shot UNet, class-weighted head loss", "ablation"),
+                        ("a1m", "auto-shot UNet, head on the shots + 20 style-mixed copies each", "ablation")]
             for prefix, method, family in variants:
                 if family == "ablation" and prefix == final:
                     continue
@@ -617,6 +645,8 @@ def main() -> None:
                 for tag, seeds in sorted({(t.split("_h")[0], s) for t, s, _ in shot_sets(k, cfg.head_seeds)}):
                     if not only or only == tag:
                         r.genshots(tag, seeds)
+        elif job.startswith("mix"):
+            r.style_mix_head(int(job[3:]))
         elif job.startswith("whead"):
             r.weighted_head(int(job[5:]))
         elif job.startswith("ens"):

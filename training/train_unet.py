@@ -13,6 +13,15 @@ is a function of the step, so a run resumed from a checkpoint continues exactly 
 stopped. Validation: mIoU on a held-out slice chosen by a hash of each image's seed (file number
 for real data), so the split does not move when more shards are added.
 
+Data parallel under torchrun (`torchrun --nproc-per-node N -m ganseg.cli train-unet ...`): the UNet
+is wrapped in DistributedDataParallel (NCCL on GPUs, gloo on CPUs) with batch-norm statistics over the
+global batch (`nn.SyncBatchNorm` on GPUs, `training.common.AllReduceBatchNorm2d` on CPUs); `--batch`
+stays the global batch and each process computes its rows of it. Every process draws the step's
+randomness (which images, every augmentation parameter, the sensor-noise field) for the whole global
+batch from the same (seed, step) generator and keeps its rows, and the loss is normalized by the
+global batch's weight, so N processes compute the step of one up to float rounding: the checkpoint
+(rank 0 writes it, and validates) does not depend on N and a run resumes with another N.
+
 Files in OUT::
 
     unet.safetensors   weights + JSON metadata (UNetConfig, class names, step, val mIoU): `load_unet`
@@ -40,7 +49,8 @@ from tqdm import tqdm
 from ganseg.errors import BadInput, MissingFile
 from ganseg.evaluate import confusion_matrix, mean_iou
 from ganseg.images import write_atomic
-from ganseg.training.common import stop_on_signal
+from ganseg.training.common import (Dist, Share, agree, batch_share, ddp, read_on_main, stop_on_signal, sum_all,
+                                    sync_batchnorm)
 from ganseg.unet import UNet, UNetConfig, save_unet, segment_with_unet
 
 
@@ -210,9 +220,20 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.
 
 def colour_jitter(x: torch.Tensor, cfg: UNetTrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Brightness, contrast, saturation, hue (a rotation of the YIQ chroma plane); x in [0, 1]."""
-    n, j = x.shape[0], cfg.jitter
-    b, c, s = (_u(gen, n, 1 - j, 1 + j).to(x.device)[:, None, None, None] for _ in range(3))
-    ang = _u(gen, n, -1, 1) * cfg.hue * 2 * math.pi
+    return _colour_jitter(x, *_colour_params(x.shape[0], cfg, gen))
+
+
+def _colour_params(n: int, cfg: UNetTrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Brightness, contrast and saturation factors and the hue angle of n images."""
+    j = cfg.jitter
+    b, c, s = (_u(gen, n, 1 - j, 1 + j) for _ in range(3))
+    return b, c, s, _u(gen, n, -1, 1) * cfg.hue * 2 * math.pi
+
+
+def _colour_jitter(x: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: torch.Tensor,
+                   ang: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    b, c, s = (v.to(x.device)[:, None, None, None] for v in (b, c, s))
     x = x * b
     gray = (x * _YIQ[0].to(x.device)[None, :, None, None]).sum(1, keepdim=True)
     x = (x - gray.mean(dim=(2, 3), keepdim=True)) * c + gray.mean(dim=(2, 3), keepdim=True)
@@ -227,10 +248,11 @@ def colour_jitter(x: torch.Tensor, cfg: UNetTrainConfig, gen: torch.Generator) -
     return x.clamp(0, 1)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image separable Gaussian blur; sigma [N] in pixels (0 = untouched)."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Per-image separable Gaussian blur; sigma [N] in pixels (0 = untouched). The kernel radius is
+    3 sigma of the largest sigma, or `radius` (the whole batch's, when x is some of its rows)."""
     n, c, h, w = x.shape
-    r = max(1, int(math.ceil(3 * float(sigma.max()))))
+    r = radius if radius is not None else max(1, int(math.ceil(3 * float(sigma.max()))))
     r = min(r, h - 1, w - 1)
     d = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     sig = sigma.to(x.device, x.dtype)[:, None]
@@ -257,24 +279,32 @@ def jpeg_roundtrip(x: torch.Tensor, quality: list[int]) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, target: torch.Tensor, cfg: UNetTrainConfig,
-            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            gen: torch.Generator, share: Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """images [N,3,H,W] in [0,1] and a target [N,C,H,W] (labels as float, or class probabilities).
 
     Returns both warped by the same affine (bilinear for the image, nearest for the target), and the
     image alone through colour jitter, blur, noise and JPEG on random subsets of the batch.
+
+    Every parameter is drawn first, for the whole batch, in a fixed order; with `share` the images are
+    some rows of a larger batch and get those rows' parameters (the numbers one process would draw).
     """
-    n = images.shape[0]
+    share = share or Share(images.shape[0])
+    n, take = share.total, share.take
     theta = random_affine(n, cfg, gen)
-    images, target = warp(images, theta, "bilinear"), warp(target, theta, "nearest")
-    images = colour_jitter(images, cfg, gen)
+    colour = _colour_params(n, cfg, gen)
     sigma = torch.where(torch.rand(n, generator=gen) < cfg.blur_prob, _u(gen, n, 0.3, cfg.blur_sigma), 0.0)
-    if (sigma > 0).any():
-        images = gaussian_blur(images, sigma)
     std = torch.where(torch.rand(n, generator=gen) < cfg.noise_prob, _u(gen, n, 0, cfg.noise_std), 0.0)
-    noise = torch.randn(images.shape, generator=gen).to(images.device)
-    images = (images + noise * std.to(images.device)[:, None, None, None]).clamp(0, 1)
+    noise = torch.randn((n, *images.shape[1:]), generator=gen)
     use_jpeg = torch.rand(n, generator=gen) < cfg.jpeg_prob
     quality = torch.randint(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1, (n,), generator=gen)
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))  # the whole batch's kernel
+
+    theta, sigma, std, noise, use_jpeg, quality = map(take, (theta, sigma, std, noise, use_jpeg, quality))
+    images, target = warp(images, theta, "bilinear"), warp(target, theta, "nearest")
+    images = _colour_jitter(images, *map(take, colour))
+    if (sigma > 0).any():
+        images = gaussian_blur(images, sigma, radius)
+    images = (images + noise.to(images.device) * std.to(images.device)[:, None, None, None]).clamp(0, 1)
     if use_jpeg.any():
         sel = use_jpeg.nonzero().flatten()
         images = images.clone()
@@ -306,7 +336,8 @@ def class_weights(labels: torch.Tensor, num_classes: int, how: str, device=None)
 
 
 class UNetTrainer:
-    def __init__(self, cfg: UNetTrainConfig, data: LabelledData, out: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, cfg: UNetTrainConfig, data: LabelledData, out: str | os.PathLike, device: str = "cpu",
+                 dist: Dist | None = None):
         if cfg.soft and data.topk_idx is None:
             raise BadInput("soft targets need a synthesized dataset with --soft-topk")
         if cfg.batch < 1 or cfg.steps < 1:
@@ -314,12 +345,21 @@ class UNetTrainer:
         if cfg.class_weighting not in ("sqrt-inverse", "none"):
             raise BadInput(f"class_weighting must be 'sqrt-inverse' or 'none', got {cfg.class_weighting!r}")
         self.cfg, self.out, self.device = cfg, Path(out), torch.device(device)
+        self.dist = d = dist or Dist()
+        if cfg.batch % d.world:
+            from ganseg.training.common import check_batch
+
+            check_batch(cfg.batch, d.world)
+        self.share = batch_share(cfg.batch, d.world, d.rank)
         val = val_split(data.ids, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = data.subset(np.flatnonzero(~val)), data.subset(np.flatnonzero(val))
         self.class_names = data.class_names
         torch.manual_seed(cfg.seed)
         # NHWC weights and inputs: ~20 % faster steps with oneDNN on CPU, and cuDNN's preferred layout
         self.unet = UNet(cfg.unet_config(len(data.class_names))).to(self.device, memory_format=torch.channels_last)
+        if d.active:  # batch-norm statistics of the global batch, gradients averaged by DDP
+            sync_batchnorm(self.unet, self.device)
+        self.net = ddp(self.unet, self.device) if d.active else self.unet  # what the step calls
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.history: list[dict] = []
@@ -337,6 +377,9 @@ class UNetTrainer:
         return self.cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step / self.cfg.steps, 1.0)))
 
     def save(self) -> None:
+        """Rank 0 writes (atomically); the other ranks hold the same weights and write nothing."""
+        if not self.dist.main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         cfg_json = json.dumps(asdict(self.cfg))
         state = {"model": self.unet.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
@@ -354,11 +397,12 @@ class UNetTrainer:
         write_atomic(self.out / "unet.json", (json.dumps(doc, indent=1) + "\n").encode())
 
     def load(self, path: Path | None = None) -> None:
-        path = path or self.state_path
-        if not path.is_file():
+        path = Path(path or self.state_path)
+        blob = read_on_main(self.dist, path)  # under torchrun rank 0 reads, every rank gets the bytes
+        if blob is None:
             raise MissingFile(f"--resume: no training state at {path}")
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+            state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
             saved = json.loads(state["config"])
         except Exception as exc:
             raise BadInput(f"{path}: unreadable training state ({exc})") from None
@@ -374,10 +418,11 @@ class UNetTrainer:
         self.history = json.loads(state["history"])
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images [-1, 1], target) of one step: labels long [N,H,W] or probabilities [N,K,H,W]."""
+        """(images [-1, 1], target) of one step: labels long [N,H,W] or probabilities [N,K,H,W]; under
+        torchrun this process's rows of the global batch (the draws are the global batch's)."""
         cfg, d = self.cfg, self.train_data
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(d), (cfg.batch,), generator=gen)
+        idx = self.share.take(torch.randint(0, len(d), (cfg.batch,), generator=gen))
         x = d.images[idx].to(self.device).permute(0, 3, 1, 2).float() / 255
         if cfg.soft:
             target = soft_targets(d.topk_idx[idx].to(self.device), d.topk_prob[idx].to(self.device),
@@ -385,19 +430,22 @@ class UNetTrainer:
         else:
             target = d.labels[idx].to(self.device)[:, None].float()
         if cfg.augment:
-            x, target = augment(x, target, cfg, gen)
+            x, target = augment(x, target, cfg, gen, self.share)
         if not cfg.soft:
             target = target[:, 0].round().long()
         return (x * 2 - 1).contiguous(memory_format=torch.channels_last), target
 
     def train_step(self) -> float:
+        """One step; returns the global batch's loss."""
         x, target = self.batch_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         self.unet.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.unet(x)
+            logits = self.net(x)
         logits = logits.float()
+        if self.dist.active:
+            return self._distributed_step(logits, target)
         if self.cfg.soft:
             w = 1.0 if self.class_weight is None else self.class_weight[None, :, None, None]
             loss = -(w * target * logits.log_softmax(1)).sum(1).mean()
@@ -408,6 +456,26 @@ class UNetTrainer:
         self.opt.step()
         self.step += 1
         return loss.item()
+
+    def _distributed_step(self, logits: torch.Tensor, target: torch.Tensor) -> float:
+        """The one-process loss, split over the ranks: each contributes (sum of its pixels' weighted
+        losses) / (the global batch's total weight), so the contributions add up to the global loss
+        (a class-weighted mean weighs the pixels of the whole batch, not of each rank's half). DDP
+        averages gradients, hence the backward of world x contribution."""
+        if self.cfg.soft:
+            w = 1.0 if self.class_weight is None else self.class_weight[None, :, None, None]
+            num = -(w * target * logits.log_softmax(1)).sum()
+            den = torch.tensor(float(target[:, 0].numel()), device=logits.device)
+        else:
+            num = F.cross_entropy(logits, target, weight=self.class_weight, reduction="sum")
+            den = (self.class_weight[target].sum() if self.class_weight is not None
+                   else torch.tensor(float(target.numel()), device=logits.device))
+        part = num / sum_all(self.dist, den.float())
+        self.opt.zero_grad(set_to_none=True)
+        (part * self.dist.world).backward()
+        self.opt.step()
+        self.step += 1
+        return float(sum_all(self.dist, part.detach()))
 
     @torch.no_grad()
     def validate(self, batch: int = 32) -> float | None:
@@ -426,12 +494,19 @@ class UNetTrainer:
         SIGTERM/SIGINT (a job scheduler, Ctrl-C) finish the current step and checkpoint.
         """
         stop_at = self.cfg.steps if stop_at is None else stop_at
+        main = self.dist.main
+        stopping = False
         with stop_on_signal() as stop:
-            with tqdm(total=stop_at, initial=self.step, desc="train-unet", unit="step", disable=not progress) as bar:
-                while self.step < stop_at and not stop["signal"]:
+            with tqdm(total=stop_at, initial=self.step, desc="train-unet", unit="step",
+                      disable=not (progress and main)) as bar:
+                while self.step < stop_at and not stopping:
                     loss = self.train_step()
                     bar.update(1)
-                    end = self.step == stop_at or stop["signal"]
+                    # every rank stops after the same step (a signal may reach them at different steps)
+                    stopping = agree(self.dist, bool(stop["signal"]))
+                    end = self.step == stop_at or stopping
+                    if not main:  # rank 0 validates, keeps the history and writes the checkpoints
+                        continue
                     if self.step % self.cfg.val_every == 0 or end:
                         miou = self.validate()
                         self.history.append({"step": self.step, "loss": round(loss, 5),
@@ -475,9 +550,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`ganseg train-unet`, in one process or as one of torchrun's N (data parallel, see the module doc)."""
     from ganseg.paths import check_out_dir
+    from ganseg.training.common import check_batch, env_world, process_device, setup, shutdown
 
+    rank, world, local = env_world()
     check_out_dir(args.out)  # before any data is read or a step is trained
+    if args.batch % world:  # one line from rank 0, before any work; the other ranks leave quietly
+        if rank:
+            raise SystemExit(2)
+        check_batch(args.batch, world)
+    device = process_device(args.device, local, world)
     if args.threads:
         torch.set_num_threads(args.threads)
     if (args.data is None) == (args.real is None):
@@ -489,12 +572,23 @@ def run(args: argparse.Namespace) -> int:
                           ckpt_every=args.ckpt_every, max_uncertainty=args.max_uncertainty,
                           augment=not args.no_augment, class_weighting=args.class_weighting, seed=args.seed)
     data = (synth_data(args.data, cfg.max_uncertainty, cfg.soft) if args.data else real_data(args.real))
-    trainer = UNetTrainer(cfg, data, args.out, args.device)
-    if args.resume:
-        trainer.load()
-        print(f"resumed at step {trainer.step}")
-    print(f"{len(trainer.train_data)} training / {len(trainer.val_data)} validation images from {data.source}")
-    trainer.train()
-    last = trainer.history[-1]["val_miou"] if trainer.history else None
-    print(f"step {trainer.step}, val mIoU {last if last is not None else '-'}; weights: {trainer.out / 'unet.safetensors'}")
+    dist = setup(torch.device(device), rank, world, local)
+    try:
+        trainer = UNetTrainer(cfg, data, args.out, device, dist)
+        say = print if dist.main else (lambda *a, **k: None)
+        if dist.active:
+            say(f"data parallel: {dist.world} processes ({dist.backend}), global batch {cfg.batch}, "
+                f"{trainer.share.size} per process, batch-norm statistics over the global batch")
+        if args.resume:
+            trainer.load()
+            say(f"resumed at step {trainer.step}")
+        say(f"{len(trainer.train_data)} training / {len(trainer.val_data)} validation images from {data.source}")
+        trainer.train()
+        last = trainer.history[-1]["val_miou"] if trainer.history else None
+        say(f"step {trainer.step}, val mIoU {last if last is not None else '-'}; weights: "
+            f"{trainer.out / 'unet.safetensors'}")
+    except BaseException:
+        shutdown(dist, wait=False)
+        raise
+    shutdown(dist)
     return 0

@@ -114,7 +114,7 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict:
     t_start = time.perf_counter()
     env0 = environment()
     unet, about = inprocess.bench_unet(cfg.unet) if not cfg.quick else _tiny_unet()
-    from ganseg.serving.repository import ServingConfig
+    from ganseg.export.triton_repository import ServingConfig
 
     threads = cfg.threads or ServingConfig().ort_threads
     train_size = int(unet.meta.get("resolution", 64))

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -311,7 +311,7 @@ def compile_rows_in_child(unet_file: Path, *, sizes: list[int], batches, threads
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ganseg.serving.repository import ServingConfig
+    from ganseg.export.triton_repository import ServingConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--unet", default=None, help="UNet run folder or file (default: the bundled one)")

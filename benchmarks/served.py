@@ -40,12 +40,13 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, RESULTS, absent, environment, environment_markdown, markdown_table, write_json, write_text  # noqa: E402
+from triton_load import process_tree_rss  # noqa: E402
 
 PERF_ANALYZER = ROOT / "tools" / "perf_analyzer" / "perf_analyzer"
 CONCURRENCY = (1, 2, 4, 8, 16)
 UNET_BATCHES = (1, 4, 8, 16)
 PROTOCOLS = ("http", "grpc")
-# entry model -> (input kind, pipeline variant); names from ganseg.serving.repository
+# entry model -> (input kind, pipeline variant); names from ganseg.export.triton_repository
 ENTRIES = {"ganseg_segment": ("bytes", "bls"), "ganseg_segment_ensemble": ("bytes", "ensemble"),
            "ganseg_segment_raw": ("raw", "bls"), "ganseg_segment_raw_ensemble": ("raw", "ensemble")}
 UNET_MODEL = "ganseg_unet"
@@ -365,7 +366,7 @@ def merge_csv(parts: list[tuple[dict, str]]) -> str:
 
 
 def build_repo(unet_file: Path, repo: Path):
-    from ganseg.serving.repository import ServingConfig, build_repository
+    from ganseg.export.triton_repository import ServingConfig, build_repository
 
     cfg = ServingConfig()
     build_repository(repo, unet=unet_file, pipeline="both", cfg=cfg)
@@ -403,7 +404,7 @@ def served_rows(unet_file: Path, png: bytes, work: Path, *, points: list[Point] 
         run_points(points, server, inputs, settings, csv_dir, tool, rows, parts, log,
                    lambda pt: f"{pt.model:28s} {pt.protocol:4s} c={pt.concurrency:2d} b={pt.batch:2d}",
                    lambda row: f"p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s")
-        server_rss = server.rss_bytes() if hasattr(server, "rss_bytes") else None
+        server_rss = process_tree_rss(server.pid)
     return {"rows": rows, "csv": merge_csv(parts), "perf_analyzer": version, "tritonserver": meta.get("version"),
             "server_start_s": start_s, "serving_config": cfg.__dict__, "settings": settings.__dict__,
             "server_rss_mb": server_rss / 2**20 if server_rss else None}
@@ -470,7 +471,7 @@ def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: 
     if version is None:
         rows = [absent(why, **p.key) for p in points]
     else:
-        from ganseg.serving.repository import ServingConfig, build_repository
+        from ganseg.export.triton_repository import ServingConfig, build_repository
         from ganseg.serving.server import TritonServer
 
         repo, csv_dir = work / "repo", work / "csv"
@@ -654,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
 def _real_size_main(args) -> int:
     from inprocess import bench_unet, export_for_bench
 
-    from ganseg.serving.repository import ServingConfig
+    from ganseg.export.triton_repository import ServingConfig
     from ganseg.unet import save_unet
 
     unet, about = bench_unet(args.unet)

@@ -1,6 +1,6 @@
-"""Ensemble vs BLS on the real Triton server: batch-1 requests, HTTP and gRPC, concurrency 1 and 8.
+"""Closed-loop load against the real Triton server: ensemble vs BLS, and the scale knobs.
 
-    python -m ganseg.serving.bench [--unet RUN] [--requests 200] [--out runs/serving_bench.json]
+    python benchmarks/triton_load.py [--unet RUN] [--requests 200] [--out runs/serving_bench.json]
 
 Builds a repository with both pipelines (`--pipeline both`) for the UNet (default: the bundled
 default UNet; `--random` a randomly initialized UNet of the default architecture, which has the
@@ -9,6 +9,9 @@ concurrency) sends closed-loop batch-1 requests of one rendered 128² test face 
 only), after a warm-up. Prints a markdown table (p50/p99 latency, img/s) and writes the figures as
 JSON. `--sweep` also measures the batching knobs (queue delay, preferred sizes, instances, ORT
 threads) that docs/serving.md chose the defaults from.
+
+Measurement code (the load generator `latency_run`, `process_tree_rss`) lives here, in benchmarks/,
+not in the installed package: tests and benchmarks import it from this folder.
 """
 from __future__ import annotations
 
@@ -18,13 +21,88 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ganseg.export.triton_repository import ServingConfig, build_repository
 from ganseg.images import write_atomic
-from ganseg.serving.client import latency_run
-from ganseg.serving.repository import ServingConfig, build_repository
+from ganseg.serving.client import _module, connect, infer_once, summarize
 from ganseg.serving.server import TritonServer
+
+
+def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, concurrency: int,
+                requests: int, warmup: int = 10, overlay: bool = False, keep_latencies: bool = False) -> dict:
+    """Closed-loop load: `concurrency` threads each sending batch-1 requests back to back until
+    `requests` are done; p50/p99 latency (ms) and img/s over the timed part."""
+    connect(url, protocol, model)
+    mod = _module(protocol)
+    lock = threading.Lock()
+    state = {"left": warmup + requests, "lat": [], "t0": None, "errors": 0}
+    start = threading.Barrier(concurrency)
+
+    def worker():
+        client = mod.InferenceServerClient(url)
+        start.wait()
+        while True:
+            with lock:
+                if state["left"] <= 0:
+                    return
+                state["left"] -= 1
+                timed = state["left"] < requests
+                if timed and state["t0"] is None:
+                    state["t0"] = time.perf_counter()
+            t = time.perf_counter()
+            try:
+                infer_once(client, protocol, model, data, overlay)
+            except Exception:  # noqa: BLE001
+                with lock:
+                    state["errors"] += 1
+                continue
+            dt = time.perf_counter() - t
+            if timed:
+                with lock:
+                    state["lat"].append(dt)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - (state["t0"] or time.perf_counter())
+    out = summarize(state["lat"], wall)
+    out["errors"] = state["errors"]
+    out["wall_s"] = wall
+    if keep_latencies:
+        out["latencies_s"] = list(state["lat"])
+    return out
+
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory (bytes) of a process plus all its descendants (the server and its stubs),
+    from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        p = int(d.name)
+        children.setdefault(int(fields[1]), []).append(p)  # fields[0] is the state, [1] the parent
+        rss[p] = int(fields[21]) * page
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
 
 
 def sample_png(res: int = 128) -> bytes:
@@ -61,8 +139,6 @@ def measure(repo: Path, models: list[str], data: bytes, requests: int, protocols
     """Rows of p50/p99/img/s per (model, protocol, concurrency). The models are measured in
     alternating rounds (A B A B ...) so that a shared machine's load drifts hit them alike; the
     latencies of all rounds are pooled, img/s is over the summed wall time."""
-    from ganseg.serving.client import summarize
-
     rows = []
     with TritonServer(repo) as server:
         for protocol in protocols:

@@ -1,5 +1,11 @@
 """`ganseg export triton`: write a Triton model repository that segments photos with a UNet.
 
+Installed as `ganseg.export.triton_repository`: writing a repository is an export step (it turns a
+trained UNet into deployable files), so it lives in `ganseg.export`; `ganseg.serving` (the server
+launcher's default repository) imports it, never the other way round. The generated `model.py`
+files import the `TritonPythonModel` classes from `ganseg.serving.triton_models`, the code that runs
+inside the server.
+
 The configs are complete (the server runs with --disable-auto-complete-config): every tensor's
 shape, the class names, palette and input size come from the ONNX file's metadata (the ONNX UNet
 contract), so a repository always matches the weights in it. Every file is written atomically.
@@ -364,6 +370,6 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "cpu":
         print(f"serve it: ganseg serve --repo {repo}")
     else:
-        print(f"serve it on a GPU server with NVIDIA's Triton container (docs/serving.md); ganseg must be "
-              f"installed in the container for the Python entry models")
+        print("serve it on a GPU server with NVIDIA's Triton container (docs/serving.md); ganseg must be "
+              "installed in the container for the Python entry models")
     return 0

@@ -21,8 +21,9 @@ counted, not sent.
 or --repo), then stops it: what `make demo` uses. SIGTERM or Ctrl-C stops that server and its
 Python-backend stubs (`ganseg.serving.server.signals_interrupt`, as `ganseg serve`).
 
-Python API (benchmarks): `segment_files`, `infer_once`, `latency_run` (batch-1 requests at a
-concurrency, p50/p99 and img/s).
+Python API: `segment_files`, `infer_once`, `summarize`. The load generator the benchmarks use
+(`latency_run`: batch-1 requests at a concurrency) is measurement code and lives in
+benchmarks/triton_load.py, not in the installed package.
 """
 from __future__ import annotations
 
@@ -225,53 +226,6 @@ def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
 
     return {"n": len(lat), "p50_ms": pct(50), "p99_ms": pct(99), "mean_ms": statistics.fmean(lat),
             "img_per_s": len(lat) / wall_s if wall_s > 0 else float("nan")}
-
-
-def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, concurrency: int,
-                requests: int, warmup: int = 10, overlay: bool = False, keep_latencies: bool = False) -> dict:
-    """Closed-loop load: `concurrency` threads each sending batch-1 requests back to back until
-    `requests` are done; p50/p99 latency (ms) and img/s over the timed part."""
-    connect(url, protocol, model)
-    mod = _module(protocol)
-    lock = threading.Lock()
-    state = {"left": warmup + requests, "lat": [], "t0": None, "errors": 0}
-    start = threading.Barrier(concurrency)
-
-    def worker():
-        client = mod.InferenceServerClient(url)
-        start.wait()
-        while True:
-            with lock:
-                if state["left"] <= 0:
-                    return
-                state["left"] -= 1
-                timed = state["left"] < requests
-                if timed and state["t0"] is None:
-                    state["t0"] = time.perf_counter()
-            t = time.perf_counter()
-            try:
-                infer_once(client, protocol, model, data, overlay)
-            except Exception:  # noqa: BLE001
-                with lock:
-                    state["errors"] += 1
-                continue
-            dt = time.perf_counter() - t
-            if timed:
-                with lock:
-                    state["lat"].append(dt)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - (state["t0"] or time.perf_counter())
-    out = summarize(state["lat"], wall)
-    out["errors"] = state["errors"]
-    out["wall_s"] = wall
-    if keep_latencies:
-        out["latencies_s"] = list(state["lat"])
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -457,7 +457,8 @@ def default_repository() -> Path:
     import shutil
 
     from ganseg import __version__
-    from ganseg.serving.repository import MARKER, build_repository
+    from ganseg.export import triton_repository
+    from ganseg.export.triton_repository import MARKER, build_repository
     from ganseg.unet import DEFAULT_UNET
 
     if not DEFAULT_UNET.is_file():
@@ -467,9 +468,9 @@ def default_repository() -> Path:
     h.update(__version__.encode())
     from ganseg import pipeline
 
-    # the configs are generated from repository.py and the pipeline's contract (limits, names,
+    # the configs are generated from triton_repository.py and the pipeline's contract (limits, names,
     # parameters): a change to either is a new export, even within one ganseg version
-    for src in (Path(__file__).with_name("repository.py"), Path(pipeline.__file__)):
+    for src in (Path(triton_repository.__file__), Path(pipeline.__file__)):
         h.update(src.read_bytes())
     repo = tritonenv.cache_dir() / "triton" / f"default-{h.hexdigest()[:12]}"
     if (repo / MARKER).is_file():

@@ -78,7 +78,7 @@ def unet_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def repo(unet_run) -> Path:
-    from ganseg.serving.repository import build_repository
+    from ganseg.export.triton_repository import build_repository
 
     return build_repository(unet_run.parent / "repo", unet=unet_run)
 
@@ -338,7 +338,7 @@ def test_a_gpu_repository_is_refused_before_triton_starts_with_the_command_that_
     library" after the start. Now one line before starting, and its command fixes the repository."""
     from ganseg.cli import main
     from ganseg.serving import tritonenv
-    from ganseg.serving.repository import build_repository
+    from ganseg.export.triton_repository import build_repository
 
     gpu = build_repository(tmp_path / "gpu", onnx=repo / "ganseg_unet" / "1" / "model.onnx",
                            target="onnxruntime-gpu")

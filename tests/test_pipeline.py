@@ -91,7 +91,7 @@ def test_pipeline_imports_without_torch_or_stage_packages() -> None:
 def test_one_size_limit_from_the_header_with_our_own_message(tmp_path) -> None:
     from ganseg.cli import main
     from ganseg.images import MAX_PIXELS
-    from ganseg.serving.repository import ServingConfig
+    from ganseg.export.triton_repository import ServingConfig
 
     assert P.MAX_PIXELS == MAX_PIXELS == ServingConfig().max_pixels == 64_000_000
     ok, big, huge = header_only_png(8000, 8000), header_only_png(8001, 8000), header_only_png(12_000, 10_000)  # 120 MP > Pillow's 89 MP
@@ -185,7 +185,7 @@ def test_overlay_only_when_asked_and_at_preview_size() -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     pytest.importorskip("tritonclient.grpc")
-    from ganseg.serving.repository import build_repository
+    from ganseg.export.triton_repository import build_repository
     from ganseg.serving.server import TritonServer
 
     repo = build_repository(tmp_path_factory.mktemp("pipeline") / "repo", pipeline="both")  # bundled default UNet

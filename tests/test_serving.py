@@ -30,7 +30,7 @@ from ganseg.errors import UserError
 from ganseg.images import decode_rgb, overlay
 from ganseg.pipeline import overlay_jpeg
 from ganseg import pipeline as P
-from ganseg.serving.repository import ServingConfig, build_repository, repository_files
+from ganseg.export.triton_repository import ServingConfig, build_repository, repository_files
 from ganseg.serving.server import TritonServer, _group_pids
 
 pytest.importorskip("tritonclient.grpc")
@@ -200,6 +200,17 @@ def test_served_code_imports_without_torch() -> None:
     """Every Python-backend process imports these; torch there would cost seconds and ~230 MB each."""
     code = ("import sys, ganseg.serving.triton_models, ganseg.pipeline, ganseg.serving.server; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_repository_writer_is_an_export_step() -> None:
+    """ganseg.export.triton_repository writes repositories without importing ganseg.serving (serving
+    may import export, never the reverse), and the installed package ships no load generator."""
+    code = ("import sys, ganseg.export.triton_repository, ganseg.export.cli; "
+            "bad = [m for m in sys.modules if m.startswith('ganseg.serving')]; assert not bad, bad; "
+            "import importlib.util as u; "
+            "assert u.find_spec('ganseg.serving.repository') is None and u.find_spec('ganseg.serving.bench') is None; "
+            "import ganseg.serving.client as c; assert not hasattr(c, 'latency_run')")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -462,13 +473,14 @@ def test_wrong_dtype_shape_and_batch_size_are_rejected(clients, protocol) -> Non
 
 
 def test_500_requests_at_concurrency_16(server) -> None:
-    from ganseg.serving.client import latency_run
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # measurement code: not installed
+    from triton_load import latency_run, process_tree_rss
 
     data = _png(_photo(96, 80, 11))
     latency_run(server.grpc_url, "grpc", "ganseg_segment", data, concurrency=16, requests=48, warmup=0)
-    rss0 = server.rss_bytes()
+    rss0 = process_tree_rss(server.pid)
     r = latency_run(server.grpc_url, "grpc", "ganseg_segment", data, concurrency=16, requests=500, warmup=0)
-    rss1 = server.rss_bytes()
+    rss1 = process_tree_rss(server.pid)
     assert r["errors"] == 0 and r["n"] == 500
     assert rss1 - rss0 < RSS_GROWTH_BOUND, f"server RSS grew {(rss1 - rss0) / 2**20:.1f} MiB over 500 requests"
     print(f"500 req @16: p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms {r['img_per_s']:.1f} img/s; "

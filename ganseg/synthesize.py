@@ -456,7 +456,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SynthConfig()
     p.add_argument("--ckpt", default=None, help="generator .pt/.pkl/.safetensors (default: bundled)")
     p.add_argument("--head", required=True, help="head file from `ganseg train-head` (.safetensors)")
-    p.add_argument("--n", type=positive_int, default=d.n, help="images in the whole dataset")
+    # --n-images: torchrun's own parser stops at an ambiguous "--n" (its --nnodes, --nproc-per-node, ...)
+    # even after the module's name, so under torchrun the long spelling is the one that works
+    p.add_argument("--n", "--n-images", dest="n", type=positive_int, default=d.n,
+                   help="images in the whole dataset (under torchrun write --n-images)")
     p.add_argument("--out", required=True, help="dataset folder (shards + manifest); rerun with the same "
                    "arguments to resume")
     p.add_argument("--shard", default=None,

@@ -7,8 +7,9 @@ default UNet; `--random` a randomly initialized UNet of the default architecture
 same cost), starts `tritonserver` on free loopback ports, and for every (model, protocol,
 concurrency) sends closed-loop batch-1 requests of one rendered 128² test face (PNG bytes, MASK
 only), after a warm-up. Prints a markdown table (p50/p99 latency, img/s) and writes the figures as
-JSON. `--sweep` also measures the batching knobs (queue delay, preferred sizes, instances, ORT
-threads) that docs/serving.md chose the defaults from.
+JSON. `--knobs` instead measures Triton's scale knobs (instance groups, dynamic batching and its
+queue delay, the rate limiter, and ganseg's inline UNet) at concurrency 1..16 on a 128² PNG and a
+12 MP JPEG: the rows docs/serving.md chose the shipped defaults from (results/triton_knobs.md).
 
 Measurement code (the load generator `latency_run`, `process_tree_rss`) lives here, in benchmarks/,
 not in the installed package: tests and benchmarks import it from this folder.
@@ -20,6 +21,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -34,9 +36,12 @@ from ganseg.serving.server import TritonServer
 
 
 def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, concurrency: int,
-                requests: int, warmup: int = 10, overlay: bool = False, keep_latencies: bool = False) -> dict:
+                requests: int, warmup: int = 10, overlay: bool = False, keep_latencies: bool = False,
+                mask: str = "raw") -> dict:
     """Closed-loop load: `concurrency` threads each sending batch-1 requests back to back until
-    `requests` are done; p50/p99 latency (ms) and img/s over the timed part."""
+    `requests` are done; p50/p99 latency (ms) and img/s over the timed part. Each request is what
+    `ganseg client` sends (`infer_once`): `mask` "lowres" asks for MASK_LOWRES + MASK_SIZE and
+    expands them to the full-size mask inside the timed call, "raw" asks for MASK."""
     connect(url, protocol, model)
     mod = _module(protocol)
     lock = threading.Lock()
@@ -56,7 +61,7 @@ def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, c
                     state["t0"] = time.perf_counter()
             t = time.perf_counter()
             try:
-                infer_once(client, protocol, model, data, overlay)
+                infer_once(client, protocol, model, data, overlay, mask=mask)
             except Exception:  # noqa: BLE001
                 with lock:
                     state["errors"] += 1
@@ -163,6 +168,95 @@ def measure(repo: Path, models: list[str], data: bytes, requests: int, protocols
     return rows
 
 
+# --------------------------------------------------------------------------------------------
+# Triton's scale knobs at concurrency 1..16
+
+KNOB_CONCURRENCY = (1, 2, 4, 8, 16)
+RATE_LIMIT_ARGS = ["--rate-limit=execution_count", "--rate-limit-resource=ganseg_cpu:2"]  # 2 cores
+
+
+def knob_variants() -> dict[str, tuple[ServingConfig, list[str]]]:
+    """name -> (repository config, extra tritonserver flags). The previous shipped defaults first;
+    every other row changes one or two knobs from a BLS or inline-UNet base."""
+    old = dict(queue_delay_us=500, preferred_batch=[4, 8], instances=2, unet_instances=1)
+    inline = dict(inline_unet=True, queue_delay_us=0, instances=2)
+    return {
+        "BLS, 2 entry, delay 500 us (old defaults)": (ServingConfig(**old, inline_unet=False), []),
+        "BLS, 2 entry, delay 0": (ServingConfig(**{**old, "queue_delay_us": 0}, inline_unet=False), []),
+        "BLS, 2 entry + 2 UNet, delay 0": (ServingConfig(**{**old, "queue_delay_us": 0, "unet_instances": 2},
+                                                         inline_unet=False), []),
+        "inline, 1 entry, delay 0": (ServingConfig(**{**inline, "instances": 1}), []),
+        "inline, 2 entry, delay 0": (ServingConfig(**inline), []),
+        "inline, 4 entry, delay 0": (ServingConfig(**{**inline, "instances": 4}), []),
+        "inline, 2 entry, delay 500 us": (ServingConfig(**{**inline, "queue_delay_us": 500}), []),
+        "inline, 2 entry, no dynamic batching": (ServingConfig(**inline, dynamic_batching=False), []),
+        "inline, 4 entry, rate limiter (2 executions)": (ServingConfig(**{**inline, "instances": 4}, rate_limiter=True),
+                                                         RATE_LIMIT_ARGS),
+    }
+
+
+def knob_sweep(onnx: Path, work: Path, inputs: dict[str, bytes], concurrency=KNOB_CONCURRENCY,
+               variants: dict | None = None, per_level: int = 24, rounds: int = 2, log=print) -> list[dict]:
+    """Every variant's server runs at once (idle ones cost no CPU), and each (input, concurrency)
+    level is measured round-robin over the variants, `rounds` times, so a shared machine's load
+    drifts hit all of them alike. Requests are what `ganseg client` sends by default (gRPC, one
+    photo, MASK_LOWRES + MASK_SIZE + OVERLAY, the mask expanded to full size in the timed call)."""
+    import contextlib
+
+    variants = variants or knob_variants()
+    rows = []
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for i, (name, (cfg, flags)) in enumerate(variants.items()):
+            repo = build_repository(work / f"knob{i}", onnx=onnx, pipeline="bls", cfg=cfg)
+            servers[name] = stack.enter_context(TritonServer(repo, extra_args=flags, log_path=work / f"knob{i}.log"))
+        log(f"  {len(servers)} servers ready; load {os.getloadavg()[0]:.1f}")
+        for input_name, data in inputs.items():
+            for c in concurrency:
+                pooled = {n: {"lat": [], "wall": 0.0, "errors": 0} for n in servers}
+                for name, srv in servers.items():  # warm-up: connections, the batcher's first batches
+                    latency_run(srv.grpc_url, "grpc", "ganseg_segment", data, c, 2 * c, warmup=0, overlay=True,
+                                mask="lowres")
+                for _ in range(rounds):
+                    for name, srv in servers.items():
+                        r = latency_run(srv.grpc_url, "grpc", "ganseg_segment", data, c, max(per_level, 4 * c) // rounds,
+                                        warmup=0, overlay=True, keep_latencies=True, mask="lowres")
+                        pooled[name]["lat"] += r["latencies_s"]
+                        pooled[name]["wall"] += r["wall_s"]
+                        pooled[name]["errors"] += r["errors"]
+                for name in servers:
+                    r = summarize(pooled[name]["lat"], pooled[name]["wall"])
+                    rows.append({"variant": name, "input": input_name, "concurrency": c, **r,
+                                 "errors": pooled[name]["errors"], "config": variants[name][0].__dict__,
+                                 "server_flags": variants[name][1]})
+                    log(f"  {input_name:15s} c={c:2d} {name:45s} p50 {r['p50_ms']:7.1f} ms  {r['img_per_s']:6.1f} img/s")
+    return rows
+
+
+def knob_markdown(rows: list[dict]) -> str:
+    """One table per input: a row per variant, img/s (p50 ms) per concurrency."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import markdown_table
+
+    text = ""
+    for input_name in dict.fromkeys(r["input"] for r in rows):
+        sub = [r for r in rows if r["input"] == input_name]
+        levels = sorted({r["concurrency"] for r in sub})
+        names = list(dict.fromkeys(r["variant"] for r in sub))
+        best = {c: max(r["img_per_s"] for r in sub if r["concurrency"] == c) for c in levels}
+        cells = []
+        for n in names:
+            line = [n]
+            for c in levels:
+                r = next(x for x in sub if x["variant"] == n and x["concurrency"] == c)
+                mark = "**" if r["img_per_s"] >= 0.95 * best[c] else ""
+                line.append(f"{mark}{r['img_per_s']:.1f}{mark} ({r['p50_ms']:.1f})")
+            cells.append(line)
+        text += f"\n{input_name}: img/s (p50 ms) at each concurrency; bold: within 5 % of the best of its column\n\n"
+        text += markdown_table(["variant", *[f"c={c}" for c in levels]], cells, numeric=[False] + [True] * len(levels))
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--unet", default=None, help="UNet run folder / .safetensors (default: bundled default)")
@@ -170,49 +264,58 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true",
                    help="a tiny random UNet (width 8, depth 3): shows the serving overhead, not the net")
     p.add_argument("--requests", type=int, default=200, help="timed requests per row at concurrency > 1")
-    p.add_argument("--sweep", action="store_true", help="also sweep the batching knobs (BLS, gRPC)")
-    p.add_argument("--no-table", action="store_true", help="skip the ensemble-vs-BLS table (with --sweep)")
-    p.add_argument("--variants", nargs="*", default=None, help="--sweep: only these variants (by name)")
-    p.add_argument("--out", default="runs/serving_bench.json")
+    p.add_argument("--knobs", action="store_true",
+                   help="instead: Triton's scale knobs (instances, dynamic batching, queue delay, rate limiter, "
+                        "inline UNet) at concurrency 1..16 -> results/triton_knobs.{json,md}")
+    p.add_argument("--per-level", type=int, default=24, help="--knobs: timed requests per variant and level (min 4 x c)")
+    p.add_argument("--concurrency", default=",".join(map(str, KNOB_CONCURRENCY)), help="--knobs: levels")
+    p.add_argument("--variants", nargs="*", default=None, help="--knobs: only these variants (by name)")
+    p.add_argument("--out", default=None, help="JSON file (default runs/serving_bench.json; --knobs: results/triton_knobs.json)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="ganseg-bench-"))
     unet = random_default_unet(tmp, tiny=args.tiny) if (args.random or args.tiny) else args.unet
-    data = sample_png()
     onnx = tmp / "unet.onnx"
     from ganseg.export.onnx_export import export_unet
 
     export_unet(unet, onnx)
+    if args.knobs:
+        return _knobs_main(args, onnx, tmp, str(unet or "bundled default UNet"))
+    data = sample_png()
     result = {"machine": f"{platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start",
               "unet": str(unet or "bundled default"), "image": "one 128x128 rendered test face, PNG",
-              "defaults": ServingConfig().__dict__, "rows": [], "sweep": []}
+              "defaults": ServingConfig().__dict__, "rows": []}
     print("| model | protocol | concurrency | p50 ms | p99 ms | img/s | errors |\n|---|---|---|---|---|---|---|")
-    if not args.no_table:
-        repo = build_repository(tmp / "repo", onnx=onnx, pipeline="both")
-        result["rows"] = measure(repo, ["ganseg_segment", "ganseg_segment_ensemble"], data, args.requests)
-    if args.sweep:
-        variants = {  # defaults: ort_threads 1, queue delay 500 us, preferred [4, 8]
-            "defaults": ServingConfig(),
-            "queue delay 0 us": ServingConfig(queue_delay_us=0),
-            "queue delay 2000 us": ServingConfig(queue_delay_us=2000),
-            "queue delay 5000 us": ServingConfig(queue_delay_us=5000),
-            "no preferred sizes": ServingConfig(preferred_batch=[]),
-            "preferred [8]": ServingConfig(preferred_batch=[8]),
-            "ort_threads 2": ServingConfig(ort_threads=2),
-            "2 UNet instances": ServingConfig(unet_instances=2),
-            "2 entry instances": ServingConfig(instances=2),
-            "2 UNet + 2 entry instances": ServingConfig(instances=2, unet_instances=2),
-        }
-        if args.variants:
-            variants = {k: v for k, v in variants.items() if k in args.variants}
-        for name, cfg in variants.items():
-            repo = build_repository(tmp / "sweep", onnx=onnx, pipeline="bls", cfg=cfg)
-            print(f"-- {name}")
-            rows = measure(repo, ["ganseg_segment"], data, args.requests, protocols=("grpc",), concurrencies=(1, 8),
-                           rounds=1)
-            result["sweep"] += [{"variant": name, **r} for r in rows]
+    repo = build_repository(tmp / "repo", onnx=onnx, pipeline="both", cfg=ServingConfig(inline_unet=False))
+    result["rows"] = measure(repo, ["ganseg_segment", "ganseg_segment_ensemble"], data, args.requests)
     result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    write_atomic(args.out, (json.dumps(result, indent=1) + "\n").encode())
-    print(f"wrote {args.out}")
+    out = args.out or "runs/serving_bench.json"
+    write_atomic(out, (json.dumps(result, indent=1) + "\n").encode())
+    print(f"wrote {out}")
+    return 0
+
+
+def _knobs_main(args, onnx: Path, tmp: Path, about: str) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import RESULTS, environment, environment_markdown, write_json, write_text
+    from inprocess import real_size_inputs
+
+    photos = real_size_inputs()
+    inputs = {k: photos[k] for k in ("128² PNG", "4000x3000 JPEG")}
+    variants = knob_variants()
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k in args.variants}
+    env0 = environment()
+    rows = knob_sweep(onnx, tmp, inputs, [int(c) for c in args.concurrency.split(",")], variants, args.per_level)
+    env = environment(load_avg_at_start=env0["load_avg_1_5_15"])
+    out = Path(args.out) if args.out else RESULTS / "triton_knobs.json"
+    write_json(out, {"environment": env, "unet": about, "rows": rows})
+    md = (environment_markdown(env) + f"\nUNet: {about}. Command: `python benchmarks/triton_load.py --knobs"
+          f" --per-level {args.per_level}`. Each request: gRPC, one photo, MASK_LOWRES + MASK_SIZE + OVERLAY "
+          f"(what `ganseg client` sends), the mask expanded to full size inside the timed call; all variants' "
+          f"servers up at once and measured round-robin per level. Rate limiter rows run the server with "
+          f"`{' '.join(RATE_LIMIT_ARGS)}`.\n" + knob_markdown(rows))
+    write_text(out.with_suffix(".md"), md)
+    print(md)
     return 0
 
 

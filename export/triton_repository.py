@@ -13,8 +13,9 @@ contract), so a repository always matches the weights in it. Every file is writt
 Models written (docs/serving.md documents the public names):
 
     ganseg_unet          image FP32 [3,S,S] -> logits FP32 [K,S,S]       (target picks the backend)
-    ganseg_segment       IMAGE BYTES [1] (PNG/JPEG/...)  -> MASK UINT8 [H,W], OVERLAY BYTES [1]
-    ganseg_segment_raw   IMAGE UINT8 [H,W,3] (RGB)       -> MASK UINT8 [H,W], OVERLAY BYTES [1]
+    ganseg_segment       IMAGE BYTES [1] (PNG/JPEG/...)  -> MASK UINT8 [H,W], MASK_LOWRES UINT8 [S,S],
+                                                            MASK_SIZE INT32 [2], OVERLAY BYTES [1]
+    ganseg_segment_raw   IMAGE UINT8 [H,W,3] (RGB)       -> the same outputs
 
 `--pipeline bls` (the default, faster in our measurements) makes the two entry points single
 Python models that call `ganseg_unet` through BLS once per dynamic batch; `--pipeline ensemble`
@@ -66,7 +67,11 @@ class ServingConfig:
     unet_queue_delay_us: int = 0    # ganseg_unet's batcher (BLS already hands it whole batches)
     instances: int = 2              # instances of each Python entry/pre/post model (2: see docs/serving.md)
     unet_instances: int = 1         # instances of ganseg_unet (each a process with its own ORT session)
-    ort_threads: int = 1            # ONNX Runtime intra-op threads per ganseg_unet instance
+    ort_threads: int = 1            # ONNX Runtime intra-op threads per ganseg_unet instance (and per inline session)
+    inline_unet: bool = False       # cpu target: each entry instance runs the UNet itself (no BLS hop)
+    dynamic_batching: bool = True   # off: every request executes alone (measured in benchmarks/triton_load.py)
+    rate_limiter: bool = False      # each instance needs one RATE_RESOURCE to execute (with the server's
+                                    # --rate-limit=execution_count --rate-limit-resource=ganseg_cpu:N)
     max_pixels: int = P.MAX_PIXELS   # the one photo-size limit (ganseg.pipeline.MAX_PIXELS)
     overlay_alpha: float = 0.5
     overlay_max_side: int = P.PREVIEW_MAX_SIDE  # OVERLAY's long side (a request parameter overrides it)
@@ -113,15 +118,22 @@ def _params(config, params: dict[str, str]) -> None:
         config.parameters[k].string_value = str(v)
 
 
-def _batching(config, preferred: list[int], delay_us: int) -> None:
+RATE_RESOURCE = "ganseg_cpu"
+
+
+def _batching(config, preferred: list[int], delay_us: int, enabled: bool = True) -> None:
+    if not enabled:
+        return
     config.dynamic_batching.SetInParent()  # present even when every field keeps its default
     config.dynamic_batching.preferred_batch_size.extend(sorted(set(preferred)))
     config.dynamic_batching.max_queue_delay_microseconds = int(delay_us)
 
 
-def _instances(config, count: int, kind: str = "KIND_CPU") -> None:
+def _instances(config, count: int, kind: str = "KIND_CPU", rate_limited: bool = False) -> None:
     mc = _model_config()
-    config.instance_group.add(count=int(count), kind=mc.ModelInstanceGroup.Kind.Value(kind))
+    group = config.instance_group.add(count=int(count), kind=mc.ModelInstanceGroup.Kind.Value(kind))
+    if rate_limited:
+        group.rate_limiter.resources.add(name=RATE_RESOURCE, count=1)
 
 
 def _text(config) -> str:
@@ -137,8 +149,10 @@ def _image_input(config, kind: str) -> None:
         _tensor(config.input, P.IMAGE, "TYPE_UINT8", [-1, -1, 3], ragged=True)
 
 
-def _entry_outputs(config) -> None:
+def _entry_outputs(config, spec: UNetSpec) -> None:
     _tensor(config.output, P.MASK, "TYPE_UINT8", [-1, -1])
+    _tensor(config.output, P.MASK_LOWRES, "TYPE_UINT8", [spec.input_size, spec.input_size])
+    _tensor(config.output, P.MASK_SIZE, "TYPE_INT32", [2])
     _tensor(config.output, P.OVERLAY, "TYPE_STRING", [1])
 
 
@@ -161,8 +175,8 @@ def unet_config(spec: UNetSpec, cfg: ServingConfig, target: str, precision: str 
         raise UserError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
     _tensor(c.input, P.INPUT_NAME, "TYPE_FP32", [3, s, s])
     _tensor(c.output, P.OUTPUT_NAME, "TYPE_FP32", [k, s, s])
-    _instances(c, cfg.unet_instances, "KIND_CPU" if target == "cpu" else "KIND_GPU")
-    _batching(c, [], cfg.unet_queue_delay_us)
+    _instances(c, cfg.unet_instances, "KIND_CPU" if target == "cpu" else "KIND_GPU", cfg.rate_limiter)
+    _batching(c, [], cfg.unet_queue_delay_us, cfg.dynamic_batching)
     if target == "cpu":
         _params(c, {"onnx_file": "model.onnx", "ort_threads": str(cfg.ort_threads)})
     elif target == "onnxruntime-gpu":
@@ -176,10 +190,11 @@ def unet_config(spec: UNetSpec, cfg: ServingConfig, target: str, precision: str 
 def bls_config(name: str, kind: str, spec: UNetSpec, cfg: ServingConfig) -> str:
     c = _new(name, cfg.max_batch, backend="python")
     _image_input(c, kind)
-    _entry_outputs(c)
-    _instances(c, cfg.instances)
-    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
-    _params(c, {**_common_params(spec, cfg, kind), "unet_model": UNET, "unet_max_batch": str(cfg.unet_max_batch)})
+    _entry_outputs(c, spec)
+    _instances(c, cfg.instances, rate_limited=cfg.rate_limiter)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us, cfg.dynamic_batching)
+    _params(c, {**_common_params(spec, cfg, kind), "unet_model": UNET, "unet_max_batch": str(cfg.unet_max_batch),
+                **({"inline_unet": "1", "ort_threads": str(cfg.ort_threads)} if cfg.inline_unet else {})})
     return _text(c)
 
 
@@ -190,8 +205,8 @@ def pre_config(kind: str, spec: UNetSpec, cfg: ServingConfig) -> str:
     _tensor(c.output, P.INPUT_NAME, "TYPE_FP32", [3, s, s])
     _tensor(c.output, "size", "TYPE_INT32", [2])
     _tensor(c.output, "preview", "TYPE_UINT8", [-1, -1, 3])
-    _instances(c, cfg.instances)
-    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
+    _instances(c, cfg.instances, rate_limited=cfg.rate_limiter)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us, cfg.dynamic_batching)
     _params(c, _common_params(spec, cfg, kind))
     return _text(c)
 
@@ -202,21 +217,21 @@ def post_config(spec: UNetSpec, cfg: ServingConfig) -> str:
     _tensor(c.input, P.OUTPUT_NAME, "TYPE_FP32", [k, s, s])
     _tensor(c.input, "size", "TYPE_INT32", [2])
     _tensor(c.input, "preview", "TYPE_UINT8", [-1, -1, 3], ragged=True)
-    _entry_outputs(c)
-    _instances(c, cfg.instances)
-    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
+    _entry_outputs(c, spec)
+    _instances(c, cfg.instances, rate_limited=cfg.rate_limiter)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us, cfg.dynamic_batching)
     _params(c, _common_params(spec, cfg, "bytes"))
     return _text(c)
 
 
-def ensemble_config(name: str, kind: str, cfg: ServingConfig) -> str:
+def ensemble_config(name: str, kind: str, spec: UNetSpec, cfg: ServingConfig) -> str:
     c = _new(name, cfg.max_batch, platform="ensemble")
     _image_input(c, kind)
-    _entry_outputs(c)
+    _entry_outputs(c, spec)
     steps = [(PRE[kind], {P.IMAGE: P.IMAGE}, {P.INPUT_NAME: "pre_image", "size": "pre_size", "preview": "pre_preview"}),
              (UNET, {P.INPUT_NAME: "pre_image"}, {P.OUTPUT_NAME: "unet_logits"}),
              (POST, {P.OUTPUT_NAME: "unet_logits", "size": "pre_size", "preview": "pre_preview"},
-              {P.MASK: P.MASK, P.OVERLAY: P.OVERLAY})]
+              {o: o for o in (P.MASK, P.MASK_LOWRES, P.MASK_SIZE, P.OVERLAY)})]
     for model, inputs, outputs in steps:
         step = c.ensemble_scheduling.step.add(model_name=model, model_version=-1)
         step.input_map.update(inputs)
@@ -229,6 +244,9 @@ def repository_files(spec: UNetSpec, cfg: ServingConfig, target: str = "cpu", pi
     """Relative path -> text of every config and model.py (the weights are added by build_repository)."""
     if pipeline not in PIPELINES:
         raise UserError(f"--pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
+    if cfg.inline_unet and (target != "cpu" or pipeline == "ensemble"):
+        raise UserError(f"--inline-unet runs the UNet inside the BLS entry models with ONNX Runtime on CPU; "
+                        f"drop it for --target {target} / --pipeline {pipeline}")
     files = {f"{UNET}/config.pbtxt": unet_config(spec, cfg, target, precision)}
     if target == "cpu":
         files[f"{UNET}/1/model.py"] = MODEL_PY.format(cls="UNetOnnx")
@@ -241,7 +259,7 @@ def repository_files(spec: UNetSpec, cfg: ServingConfig, target: str = "cpu", pi
                 files[f"{name}/config.pbtxt"] = bls_config(name, kind, spec, cfg)
                 files[f"{name}/1/model.py"] = MODEL_PY.format(cls="SegmentBLS")
             else:
-                files[f"{name}/config.pbtxt"] = ensemble_config(name, kind, cfg)
+                files[f"{name}/config.pbtxt"] = ensemble_config(name, kind, spec, cfg)
                 files[f"{name}/1/.keep"] = ""  # Triton needs the version folder even for an ensemble
                 files[f"{PRE[kind]}/config.pbtxt"] = pre_config(kind, spec, cfg)
                 files[f"{PRE[kind]}/1/model.py"] = MODEL_PY.format(cls="Preprocess")
@@ -347,6 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=int, default=d.instances, help="instances of each Python entry model")
     p.add_argument("--unet-instances", type=int, default=d.unet_instances, help="instances of ganseg_unet")
     p.add_argument("--ort-threads", type=int, default=d.ort_threads, help="ONNX Runtime threads per UNet instance")
+    p.add_argument("--inline-unet", action=argparse.BooleanOptionalAction, default=d.inline_unet,
+                   help="cpu target: each BLS entry instance runs the UNet with its own ONNX Runtime session "
+                        "instead of calling ganseg_unet (no BLS hop)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest photo accepted (pixels)")
     p.add_argument("--overlay-max-side", type=int, default=d.overlay_max_side,
                    help="long side of the OVERLAY preview (requests may override it)")
@@ -357,7 +378,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                          preferred_batch=list(args.preferred_batch), queue_delay_us=args.queue_delay_us,
                          unet_queue_delay_us=args.unet_queue_delay_us,
                          instances=args.instances, unet_instances=args.unet_instances,
-                         ort_threads=args.ort_threads, max_pixels=args.max_pixels,
+                         ort_threads=args.ort_threads, inline_unet=args.inline_unet, max_pixels=args.max_pixels,
                          overlay_max_side=args.overlay_max_side)
 
 

@@ -6,13 +6,14 @@ in-process benchmark are thin adapters over it):
     MAX_PIXELS                      the one maximum photo size (64 MP) of segment, client and server
     check_photo(source, name)       header-only size/format check -> (W, H); no pixel decoded
     INPUT_NAME, OUTPUT_NAME         the UNet's tensors ("image" FP32 [N,3,S,S] -> "logits" FP32 [N,K,S,S])
-    IMAGE, MASK, OVERLAY            the entry models' tensors (ganseg_segment, ganseg_segment_raw)
+    IMAGE, MASK, MASK_LOWRES, MASK_SIZE, OVERLAY  the entry models' tensors (ganseg_segment, ganseg_segment_raw)
     UNetSpec                        input size, class names, palette (ONNX metadata / Triton parameters)
     pre(sources, size, ...)  -> Batch   encoded bytes, files or uint8 HWC pixels -> network batch
                                         (Batch.pixels uint8 NHWC, Batch.x float32 NCHW), each photo's
                                         own (H, W), optional overlay previews
-    post(logits, batch, ...) -> [Segmented]  argmax -> MASK at each photo's own size (+ OVERLAY JPEG)
-    resize_labels(labels, (H, W))   nearest label resize by index arithmetic
+    post(logits, batch, ...) -> [Segmented]  argmax -> labels at the network size, MASK at each photo's
+                                        own size (unless full_mask=False), OVERLAY JPEG
+    resize_labels(labels, (H, W))   nearest label resize by index arithmetic: MASK from MASK_LOWRES
     label_png(labels, palette)      indexed PNG bytes, fast compression, palette kept
     overlay_jpeg(image, labels, ...) overlay JPEG bytes at the preview image's size
     ort_session(path, threads=1)    the one ONNX Runtime session factory
@@ -24,19 +25,24 @@ Runtime for `ort_session`) only: every Triton Python-backend process imports it,
 would cost 5-8 s and ~230 MB per process. It imports nothing from ganseg.serving/export/training.
 
 Photo rules (docs/serving.md): a photo is decoded at the smallest JPEG DCT scale (1/2, 1/4, 1/8;
-Pillow's `draft`, i.e. libjpeg's own scaled IDCT) that keeps both sides >= 2x the network input,
-then resized to size x size with `ganseg.images.resize_rgb` (area when shrinking, bicubic when
-enlarging); other formats decode at full size. Decoding a 12 MP JPEG that way costs ~1/8 of a full
-decode and changes the masks by a fraction of a point of mIoU (benchmarks/results/draft_decode.md).
-MASK is the argmax at size x size brought back to the photo's own size by nearest-neighbour index
-arithmetic; OVERLAY is only computed when asked for, at a preview whose long side is at most
-`PREVIEW_MAX_SIDE` (never the full photo).
+Pillow's `draft`, i.e. libjpeg's own scaled IDCT) that keeps both sides >= 2x the network input and
+>= `REDUCED_MIN_SIDE`, then resized to size x size with `ganseg.images.resize_rgb` (area when
+shrinking, bicubic when enlarging); other formats decode at full size (PNG, WebP, ... have no scaled
+decode). Decoding a 12 MP JPEG that way costs ~1/8 of a full decode and changes the masks by a
+fraction of a point of mIoU (benchmarks/results/draft_decode.md).
+
+Work proportional to what is returned: the labels are the argmax at size x size (`MASK_LOWRES`,
+a few KB); MASK, the label map at the photo's own size, is those labels brought back by
+nearest-neighbour index arithmetic (`resize_labels`) only where the caller wants it (a served
+client asking for MASK_LOWRES + MASK_SIZE does it itself, with the same function: the same bytes).
+OVERLAY is only computed when asked for, from the image as decoded for the network (never a second
+decode, never the full photo), its long side at most `PREVIEW_MAX_SIDE`: a 12 MP JPEG gets a
+500x375 preview, a 1080p one 480x270.
 """
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,23 +52,29 @@ import numpy as np
 from PIL import Image
 
 from ganseg.errors import BadInput, UserError
-from ganseg.images import MAX_PIXELS, check_pixel_count, open_photo, overlay, resize_rgb
+from ganseg.images import MAX_PIXELS, check_pixel_count, open_photo, resize_rgb
 
 __all__ = [
-    "MAX_PIXELS", "PREVIEW_MAX_SIDE", "MASK_PNG_COMPRESSION", "INPUT_NAME", "OUTPUT_NAME", "IMAGE", "MASK",
-    "OVERLAY", "UNetSpec", "Batch", "Segmented", "check_photo", "pre", "post", "shrink", "normalize", "argmax_labels",
+    "MAX_PIXELS", "PREVIEW_MAX_SIDE", "REDUCED_MIN_SIDE", "MASK_PNG_COMPRESSION", "INPUT_NAME", "OUTPUT_NAME",
+    "IMAGE", "MASK", "MASK_LOWRES", "MASK_SIZE", "OVERLAY", "UNetSpec", "Batch", "Segmented", "check_photo", "pre", "post", "shrink", "normalize", "argmax_labels",
     "resize_labels", "label_png", "overlay_jpeg", "ort_session", "check_raw", "same_size", "OnnxSegmenter",
 ]
 
 INPUT_NAME = "image"     # the UNet's input tensor (ONNX file and ganseg_unet)
 OUTPUT_NAME = "logits"   # the UNet's output tensor
 IMAGE, MASK, OVERLAY = "IMAGE", "MASK", "OVERLAY"  # the entry models' tensors
+# The compact mask transport: the labels at the network's size + the photo's (H, W); the client
+# brings them to full size with `resize_labels` (a 12 MP MASK is 12 MB, mostly runs of one value).
+MASK_LOWRES, MASK_SIZE = "MASK_LOWRES", "MASK_SIZE"
 PREVIEW_MAX_SIDE = 1024  # default long side of an OVERLAY (a preview, not a full-size render)
 MASK_PNG_COMPRESSION = 1  # zlib level of mask PNGs: level 1 is ~5x faster than 6, files ~1.3x larger
 # OVERLAY is a picture to look at, not data: JPEG. A 1024x768 overlay encodes in ~3 ms / 128 KiB as
 # JPEG q90 against ~93 ms / 1.5 MB as PNG level 1 (2-core VM); the exact classes are in MASK.
 OVERLAY_JPEG_QUALITY = 90
 DRAFT_FACTOR = 2         # a photo is decoded at reduced scale only while both sides stay >= 2x the input
+# ... and >= this many pixels: the overlay preview is drawn from that reduced decode, and a 1080p
+# photo at 1/8 scale (240x135) would be a thumbnail; 1/4 (480x270) costs ~0.5 ms more to decode.
+REDUCED_MIN_SIDE = 256
 
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray]
 
@@ -168,9 +180,10 @@ def pre(sources: Sequence[Source], size: int, *, names: Sequence[str] | None = N
         max_pixels: int = MAX_PIXELS, preview: int = 0) -> Batch:
     """Photos -> `Batch`: encoded bytes, image files (path) or uint8 HWC RGB arrays, any sizes.
 
-    Encoded photos are decoded at reduced JPEG scale while both sides stay >= 2 x `size` (module
-    docstring); `preview` > 0 also keeps, per photo, an overlay background whose long side is at
-    most `preview` (decoded again at that scale when the network's decode is too small for it).
+    Encoded photos are decoded at reduced JPEG scale while both sides stay >= 2 x `size` and >=
+    `REDUCED_MIN_SIDE` (module docstring); `preview` > 0 also keeps, per photo, an overlay background:
+    that same decoded image shrunk to a long side of at most `preview` (one decode per photo, whether
+    or not an overlay is wanted, so the network input and the mask never depend on it).
     Bad data raises UserError naming the photo (`names[i]`, else its path or "image i").
     """
     if not len(sources):
@@ -183,16 +196,10 @@ def pre(sources: Sequence[Source], size: int, *, names: Sequence[str] | None = N
             hw = im.shape[:2]
             pv = shrink(im, preview) if preview else None
         else:
-            with open_photo(src, name, max_pixels, draft=DRAFT_FACTOR * size) as photo:
+            with open_photo(src, name, max_pixels, draft=max(DRAFT_FACTOR * size, REDUCED_MIN_SIDE)) as photo:
                 im, (w, h) = photo.rgb(), photo.size
             hw = (h, w)
-            pv = None
-            if preview:
-                if max(im.shape[:2]) >= min(preview, max(hw)) or im.shape[:2] == hw:
-                    pv = shrink(im, preview)
-                else:  # the network's reduced decode is smaller than the preview: decode at preview scale
-                    with open_photo(src, name, max_pixels, draft=_preview_draft(hw, preview)) as photo:
-                        pv = shrink(photo.rgb(), preview)
+            pv = shrink(im, preview) if preview else None
         pixels.append(resize_rgb(np.ascontiguousarray(im), size))
         sizes.append((int(hw[0]), int(hw[1])))
         previews.append(pv)
@@ -213,12 +220,6 @@ def _check_pixels(im: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
         raise BadInput(f"{name}: image has no pixels ({w}x{h}); send a non-empty image")
     check_pixel_count(w, h, name, max_pixels)
     return im
-
-
-def _preview_draft(hw: tuple[int, int], preview: int) -> int:
-    """The short side a draft decode must keep so that the long side stays >= preview / 2."""
-    h, w = hw
-    return max(1, math.ceil(preview / 2 * min(h, w) / max(h, w)))
 
 
 def shrink(im: np.ndarray, max_side: int) -> np.ndarray:
@@ -267,8 +268,10 @@ def same_size(sizes: Sequence[tuple[int, int]], name: str) -> tuple[int, int]:
 class Segmented:
     """One photo's result."""
 
-    mask: np.ndarray            # uint8 [H, W] class indices at the photo's own size
+    mask: np.ndarray | None     # uint8 [H, W] class indices at the photo's own size (None: not asked for)
     overlay: bytes | None = None  # JPEG of the labels over the preview, when a preview was kept
+    labels: np.ndarray | None = None  # uint8 [S, S] class indices at the network's size (MASK_LOWRES)
+    size: tuple[int, int] | None = None  # the photo's own (H, W) (MASK_SIZE): mask = resize_labels(labels, size)
 
 
 def argmax_labels(logits: np.ndarray) -> np.ndarray:
@@ -276,16 +279,19 @@ def argmax_labels(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=1).astype(np.uint8)
 
 
-def post(logits: np.ndarray, batch: Batch, palette: np.ndarray | None = None, alpha: float = 0.5) -> list[Segmented]:
+def post(logits: np.ndarray, batch: Batch, palette: np.ndarray | None = None, alpha: float = 0.5,
+         full_mask: bool = True) -> list[Segmented]:
     """Network output (float logits [N, K, S, S], or uint8 labels [N, S, S]) -> one `Segmented` per
-    photo: MASK at the photo's own size; OVERLAY JPEG where `batch` kept a preview (needs `palette`)."""
+    photo: the labels at the network's size and the photo's size; MASK at the photo's own size
+    unless `full_mask` is False (a caller that ships the labels and lets the receiver expand them);
+    OVERLAY JPEG where `batch` kept a preview (needs `palette`)."""
     labels = argmax_labels(logits) if logits.ndim == 4 else np.asarray(logits, np.uint8)
     out = []
     for lab, hw, pv in zip(labels, batch.sizes, batch.previews):
         jpeg = None
         if pv is not None:
             jpeg = overlay_jpeg(pv, resize_labels(lab, pv.shape[:2]), palette, alpha)
-        out.append(Segmented(resize_labels(lab, hw), jpeg))
+        out.append(Segmented(resize_labels(lab, hw) if full_mask else None, jpeg, lab, (int(hw[0]), int(hw[1]))))
     return out
 
 
@@ -298,16 +304,20 @@ def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
 def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """uint8 [h, w] label map -> [H, W] by nearest neighbour (class indices are never interpolated).
 
-    Index arithmetic, not an image library: upsampling repeats rows/columns (`np.repeat`, a copy
-    per output byte), which at 12 MP is several times faster than a general resampler."""
+    Index arithmetic, not an image library: upsampling repeats columns on the h small rows, then
+    repeats whole rows (`np.repeat`: the second step is one row copy per output row, i.e. a memcpy
+    of the output). Measured for 64² -> 4000x3000 on the 2-core VM (load ~8): 0.3 ms, against 0.9 ms rows
+    first, ~15 ms `np.take` twice, ~45 ms Pillow NEAREST (whose pixel-centre rounding also differs
+    from this rule by a pixel here and there) and ~80 ms one fancy-index `labels[r[:, None], c]`.
+    Clients that receive MASK_LOWRES + MASK_SIZE call this to get the very bytes of MASK."""
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     h, w = int(hw[0]), int(hw[1])
     if labels.shape == (h, w):
         return labels
     rows, cols = _nearest_index(h, labels.shape[0]), _nearest_index(w, labels.shape[1])
-    if h >= labels.shape[0] and w >= labels.shape[1]:  # indices are sorted: repeat each source row/column
-        out = np.repeat(labels, np.bincount(rows, minlength=labels.shape[0]), axis=0)
-        return np.repeat(out, np.bincount(cols, minlength=labels.shape[1]), axis=1)
+    if h >= labels.shape[0] and w >= labels.shape[1]:  # indices are sorted: repeat each source column/row
+        out = np.repeat(labels, np.bincount(cols, minlength=labels.shape[1]), axis=1)
+        return np.repeat(out, np.bincount(rows, minlength=labels.shape[0]), axis=0)
     return labels[rows][:, cols]
 
 
@@ -328,11 +338,27 @@ def label_png(labels: np.ndarray, palette: np.ndarray, compress_level: int = MAS
 def overlay_jpeg(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
                  quality: int = OVERLAY_JPEG_QUALITY) -> bytes:
     """JPEG bytes of the colour-coded labels blended over the image (class 0 left clear); the image
-    and labels have the same (preview) size."""
-    ov = overlay(image[None], labels[None], np.asarray(palette, np.uint8), alpha)[0]
+    and labels have the same (preview) size.
+
+    Blended by Pillow in C (palette image -> RGB, `Image.blend`, `Image.composite` with the
+    labels > 0 mask): within one level of `ganseg.images.overlay` (Pillow truncates where that
+    rounds), which JPEG q90 does not keep anyway, at ~1/3 of its time (a 500x375 preview: ~1.0 ms
+    against ~2.9 ms of uint16 numpy; the served preview is blended per request)."""
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    h, w = labels.shape
+    base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    colours = Image.frombytes("P", (w, h), labels.tobytes())
+    pal = np.zeros((256, 3), np.uint8)
+    pal[:len(palette)] = np.asarray(palette, np.uint8)[:256]
+    colours.putpalette(pal.tobytes())
+    keep = Image.frombytes("L", (w, h), labels.tobytes()).point(_NONZERO)  # class 0: the photo as it is
+    ov = Image.composite(Image.blend(base, colours.convert("RGB"), float(alpha)), base, keep)
     buf = io.BytesIO()
-    Image.fromarray(ov).save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4: crisp class edges
+    ov.save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4: crisp class edges
     return buf.getvalue()
+
+
+_NONZERO = [0] + [255] * 255  # Image.point table: label > 0 -> 255
 
 
 # --------------------------------------------------------------------------------------------

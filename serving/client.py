@@ -100,12 +100,30 @@ def model_palette(client, model: str, protocol: str) -> np.ndarray | None:
         return None
 
 
+MASK_TRANSPORTS = ("lowres", "raw")
+
+
+def mask_transport(client, model: str, protocol: str) -> str:
+    """"lowres" when the model offers MASK_LOWRES + MASK_SIZE (the compact form), else "raw" (MASK:
+    a repository exported before the compact form existed)."""
+    try:
+        meta = client.get_model_metadata(model)
+        names = {o.name for o in meta.outputs} if protocol == "grpc" else {o["name"] for o in meta["outputs"]}
+    except Exception:  # noqa: BLE001 - metadata is an optimization; raw MASK is always there
+        return "raw"
+    return "lowres" if {"MASK_LOWRES", "MASK_SIZE"} <= names else "raw"
+
+
 def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, overlay: bool = True,
-               timeout: float | None = None, overlay_size: int | None = None):
+               timeout: float | None = None, overlay_size: int | None = None, mask: str = "lowres"):
     """One request with one image (encoded bytes, or uint8 HWC for the raw model) ->
     (mask uint8 HW, overlay JPEG bytes or None). OVERLAY is requested only when `overlay` (the
     server computes it only then); `overlay_size` sets its long side (request parameter
-    `overlay_max_side`; default: the model's, 1024)."""
+    `overlay_max_side`; default: the model's, 1024).
+
+    `mask` "lowres" asks for MASK_LOWRES + MASK_SIZE (the labels at the network's size, a few KB,
+    instead of 12 MB of MASK for a 12 MP photo) and expands them here with the server's own
+    `ganseg.pipeline.resize_labels`: the same bytes as MASK. "raw" asks for MASK."""
     mod = _module(protocol)
     if isinstance(data, np.ndarray):
         inp = mod.InferInput("IMAGE", [1, *data.shape], "UINT8")
@@ -113,7 +131,10 @@ def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, over
     else:
         inp = mod.InferInput("IMAGE", [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[bytes(data)]], dtype=object))
-    outs = [mod.InferRequestedOutput("MASK")] + ([mod.InferRequestedOutput("OVERLAY")] if overlay else [])
+    if mask not in MASK_TRANSPORTS:
+        raise UserError(f"--mask-transport {mask!r}: use one of {', '.join(MASK_TRANSPORTS)}")
+    names = ["MASK_LOWRES", "MASK_SIZE"] if mask == "lowres" else ["MASK"]
+    outs = [mod.InferRequestedOutput(n) for n in names + (["OVERLAY"] if overlay else [])]
     kw = {}
     if timeout is not None:
         kw = {"client_timeout": timeout} if protocol == "grpc" else {"timeout": int(timeout * 1e6)}
@@ -121,7 +142,14 @@ def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, over
         kw["parameters"] = {"overlay_max_side": int(overlay_size)}
     r = client.infer(model, [inp], outputs=outs, **kw)
     ov = r.as_numpy("OVERLAY") if overlay else None
-    return r.as_numpy("MASK")[0], (bytes(ov.reshape(-1)[0]) if ov is not None else None)
+    if mask == "lowres":
+        from ganseg.pipeline import resize_labels
+
+        h, w = r.as_numpy("MASK_SIZE")[0]
+        full = resize_labels(r.as_numpy("MASK_LOWRES")[0], (int(h), int(w)))
+    else:
+        full = r.as_numpy("MASK")[0]
+    return full, (bytes(ov.reshape(-1)[0]) if ov is not None else None)
 
 
 @dataclass
@@ -160,8 +188,10 @@ def stopping_message(url: str) -> str:
 
 def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: str = "ganseg_segment",
                   concurrency: int = 1, overlay: bool = True, timeout: float = 60.0,
-                  on_result=None, overlay_size: int | None = None) -> list[Result]:
+                  on_result=None, overlay_size: int | None = None, mask: str | None = None) -> list[Result]:
     """Segment files through the server, `concurrency` requests in flight (one client per thread).
+
+    `mask`: how MASK travels (`infer_once`); None picks "lowres" when the model offers it.
 
     A bad image becomes a Result with `.error` (ganseg's one-line message from the header check
     `ganseg.pipeline.check_photo`, done before sending, or the server's); the rest go on. Once the
@@ -171,7 +201,8 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
     arrive after it are not reported."""
     from ganseg.images import open_photo
 
-    connect(url, protocol, model)  # clear error before reading anything
+    first = connect(url, protocol, model)  # clear error before reading anything
+    mask = mask or mask_transport(first, model, protocol)
     local = threading.local()
     stopping = threading.Event()
     cancelled = threading.Event()
@@ -187,8 +218,8 @@ def segment_files(files: list[Path], url: str, protocol: str = "grpc", model: st
             return Result(path, 0.0, error=" ".join(str(exc).split()))
         t0 = time.perf_counter()
         try:
-            mask, ov = infer_once(local.client, protocol, model, data, overlay, timeout, overlay_size)
-            return Result(path, time.perf_counter() - t0, mask, ov, animated=animated)
+            labels, ov = infer_once(local.client, protocol, model, data, overlay, timeout, overlay_size, mask)
+            return Result(path, time.perf_counter() - t0, labels, ov, animated=animated)
         except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException and transport errors
             msg = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
             if stopping.is_set() or server_stopping(url, protocol):
@@ -243,6 +274,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay-size", type=int, default=None,
                    help="long side of NAME_overlay.jpg in pixels (default: the server's, 1024; never above the photo's)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--mask-transport", choices=MASK_TRANSPORTS, default=None,
+                   help="lowres: MASK_LOWRES + MASK_SIZE, expanded here (a few KB per photo; default when the "
+                        "model offers it); raw: the full-size MASK tensor (12 MB for a 12 MP photo)")
     p.add_argument("--serve", action="store_true",
                    help="start a temporary server (free loopback ports) for this run, stop it after")
     p.add_argument("--repo", default=None, help="--serve: repository to serve (default: the bundled default UNet)")
@@ -333,7 +367,7 @@ def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str,
     t0 = time.perf_counter()
     results = segment_files(files, url, args.protocol, args.model, args.concurrency,
                             overlay=not args.no_overlay, timeout=args.timeout, on_result=on_result,
-                            overlay_size=args.overlay_size)
+                            overlay_size=args.overlay_size, mask=args.mask_transport)
     wall = time.perf_counter() - t0
     ok = [r for r in results if r.error is None]
     frames = first_frame_note([r.path for r in ok if r.animated])

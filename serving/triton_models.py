@@ -18,9 +18,15 @@ Models (docs/serving.md has the public interface):
   between them travel the network batch, each photo's own size and the overlay preview (at most
   `overlay_max_side` on its long side), never the full-size photo.
 
-Outputs: MASK is the raw UINT8 label map at the photo's own size. OVERLAY (a JPEG preview) is computed only when
-the request lists it in its requested outputs, at a preview whose long side is at most
-`overlay_max_side` (request parameter, else model parameter, default `pipeline.PREVIEW_MAX_SIDE`).
+Outputs, each computed only when the request asks for it (BLS models see the requested outputs):
+- MASK: the raw UINT8 label map at the photo's own size (12 MB for a 12 MP photo);
+- MASK_LOWRES + MASK_SIZE: the compact form, the UINT8 labels at the network's size (S x S) and the
+  photo's (H, W); `ganseg.pipeline.resize_labels(MASK_LOWRES, MASK_SIZE)` is MASK, byte for byte
+  (what `ganseg client` asks for and does);
+- OVERLAY: a JPEG preview drawn from the image as decoded for the network, its long side at most
+  `overlay_max_side` (request parameter, else model parameter, default `pipeline.PREVIEW_MAX_SIDE`).
+The ensemble's post step cannot see what the client asked for and makes MASK and the compact pair
+every time (OVERLAY follows the `overlay_max_side` parameter, see `preview_side`).
 
 Error policy: `execute` returns exactly one response per request and never raises. A request with
 bad data (corrupt/truncated/empty bytes, a bomb, too many pixels, an empty batch, mixed sizes)
@@ -160,10 +166,24 @@ class _Images(_Base):
         P.same_size(batch.sizes, name)
         return batch
 
-    def response(self, results: list[P.Segmented]):
-        """MASK [B,H,W] (+ OVERLAY [B,1] JPEG bytes when they were made, i.e. requested) for one request."""
+    def wanted(self, request) -> set[str]:
+        """The outputs to make for `request`: what it asked for (Triton lists every output when a
+        client names none); everything for a step that cannot see the request (ensemble post)."""
+        if not self.sees_requested_outputs:
+            return {P.MASK, P.MASK_LOWRES, P.MASK_SIZE, P.OVERLAY}
+        return set(request.requested_output_names())
+
+    def response(self, results: list[P.Segmented], wanted: set[str]):
+        """The `wanted` outputs for one request: MASK [B,H,W], MASK_LOWRES [B,S,S], MASK_SIZE [B,2],
+        OVERLAY [B,1] JPEG bytes (when they were made, i.e. requested)."""
         pb = _pb()
-        tensors = [pb.Tensor(P.MASK, np.stack([r.mask for r in results]))]
+        tensors = []
+        if P.MASK in wanted:
+            tensors.append(pb.Tensor(P.MASK, np.stack([r.mask for r in results])))
+        if P.MASK_LOWRES in wanted:
+            tensors.append(pb.Tensor(P.MASK_LOWRES, np.stack([r.labels for r in results])))
+        if P.MASK_SIZE in wanted:
+            tensors.append(pb.Tensor(P.MASK_SIZE, np.array([r.size for r in results], np.int32)))
         if results[0].overlay is not None:
             tensors.append(pb.Tensor(P.OVERLAY, np.array([r.overlay for r in results], dtype=object).reshape(-1, 1)))
         return pb.InferenceResponse(output_tensors=tensors)
@@ -172,13 +192,29 @@ class _Images(_Base):
 class SegmentBLS(_Images):
     """`ganseg_segment` / `ganseg_segment_raw`: the whole pipeline in one model; the UNet is called
     through BLS once per dynamic batch (so GPU servers can swap `ganseg_unet` for an ORT/TensorRT
-    model without touching this code)."""
+    model without touching this code), or, with the model parameter `inline_unet` = "1" (CPU
+    repositories), run by this model's own ONNX Runtime session on `ganseg_unet`'s ONNX file: the
+    same arithmetic without the two process hops of a BLS call (docs/serving.md has the rows)."""
 
     def more_setup(self, args: dict) -> None:
+        import os
+
         self.unet_model = self.params.get("unet_model", "ganseg_unet")
         self.unet_max_batch = max(1, int(self.params.get("unet_max_batch", "8")))
+        self.session = None
+        if self.params.get("inline_unet", "0") == "1":  # CPU repositories: no hop through ganseg_unet
+            onnx = os.path.join(os.path.dirname(os.path.normpath(args["model_repository"])), self.unet_model,
+                                "1", "model.onnx")
+            self.session = P.ort_session(onnx, int(self.params.get("ort_threads", "1")))
+            self.input_name = self.session.get_inputs()[0].name
+            self.output_name = self.session.get_outputs()[0].name
+            s = self.spec.input_size  # one warm-up run, as UNetOnnx does
+            self.session.run([self.output_name], {self.input_name: np.zeros([1, 3, s, s], np.float32)})
 
     def _unet(self, x: np.ndarray) -> np.ndarray:
+        if self.session is not None:
+            return np.concatenate([self.session.run([self.output_name], {self.input_name: x[i:i + self.unet_max_batch]})[0]
+                                   for i in range(0, len(x), self.unet_max_batch)])
         pb = _pb()
         outs = []
         for i in range(0, len(x), self.unet_max_batch):
@@ -205,9 +241,11 @@ class SegmentBLS(_Images):
                 logits = self._unet(np.concatenate([b.x for _, b in good]))
                 start = 0
                 for i, batch in good:
-                    results = P.post(logits[start:start + len(batch)], batch, self.spec.palette, self.alpha)
+                    wanted = self.wanted(requests[i])
+                    results = P.post(logits[start:start + len(batch)], batch, self.spec.palette, self.alpha,
+                                     full_mask=P.MASK in wanted)
                     start += len(batch)
-                    responses[i] = self.response(results)
+                    responses[i] = self.response(results, wanted)
             except Exception:  # noqa: BLE001 - answer every request even on a bug; logged with traceback
                 msg = _log_bug(f"{self.model_name} execute")
                 for i, _ in good:
@@ -241,7 +279,10 @@ class Preprocess(_Images):
 
 
 class Postprocess(_Images):
-    """Ensemble step 3: `logits` + `size` + `preview` -> MASK (+ OVERLAY when a preview came along)."""
+    """Ensemble step 3: `logits` + `size` + `preview` -> MASK, MASK_LOWRES, MASK_SIZE (+ OVERLAY when a
+    preview came along)."""
+
+    sees_requested_outputs = False  # an ensemble asks its steps for every mapped output
 
     def execute(self, requests):
         pb = _pb()
@@ -253,7 +294,7 @@ class Postprocess(_Images):
                 pv = pb.get_input_tensor_by_name(r, "preview").as_numpy()
                 previews = list(pv) if pv.shape[1] > 0 else [None] * len(sizes)
                 batch = P.Batch(np.zeros((len(sizes), 0, 0, 3), np.uint8), sizes, previews)
-                out.append(self.response(P.post(logits, batch, self.spec.palette, self.alpha)))
+                out.append(self.response(P.post(logits, batch, self.spec.palette, self.alpha), self.wanted(r)))
             except Exception:  # noqa: BLE001
                 out.append(_error(f"{self.model_name}: postprocessing failed ({_log_bug('post')})", invalid_arg=False))
         return out

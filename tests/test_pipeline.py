@@ -171,10 +171,13 @@ def test_overlay_only_when_asked_and_at_preview_size() -> None:
     assert b.previews == [None]
     logits = np.random.default_rng(2).normal(size=(1, 10, 64, 64)).astype(np.float32)
     assert P.post(logits, b)[0].overlay is None
-    b = P.pre([data], 64, preview=P.PREVIEW_MAX_SIDE)
-    r = P.post(logits, b, P.UNetSpec(64, ["c"] * 10, np.zeros((10, 3), np.uint8)).palette)[0]
+    bp = P.pre([data], 64, preview=P.PREVIEW_MAX_SIDE)
+    assert np.array_equal(bp.pixels, b.pixels)  # the network input never depends on the overlay
+    r = P.post(logits, bp, P.UNetSpec(64, ["c"] * 10, np.zeros((10, 3), np.uint8)).palette)[0]
     ov = Image.open(io.BytesIO(r.overlay))
-    assert r.mask.shape == (1500, 2000) and 512 <= max(ov.size) <= P.PREVIEW_MAX_SIDE and ov.size[0] * 3 == ov.size[1] * 4
+    # drawn from the one reduced decode: 1/4 DCT scale (1/8 would leave a short side < REDUCED_MIN_SIDE)
+    assert r.mask.shape == (1500, 2000) and ov.size == (500, 375) == bp.previews[0].shape[1::-1]
+    assert min(ov.size) >= P.REDUCED_MIN_SIDE
     assert max(Image.open(io.BytesIO(P.post(logits, P.pre([data], 64, preview=200), np.zeros((10, 3), np.uint8))[0]
                                      .overlay)).size) <= 200
 
@@ -211,13 +214,21 @@ def test_served_12mp_jpeg_equals_ganseg_segment(served, photo_12mp, tmp_path) ->
     assert main(["segment", str(tmp_path / "photo.jpg"), "--out", str(tmp_path / "seg")]) == 0
     want = load_label_png(tmp_path / "seg" / "photo_mask.png")
     assert want.shape == (3000, 4000)
-    assert 512 <= max(Image.open(tmp_path / "seg" / "photo_overlay.jpg").size) <= P.PREVIEW_MAX_SIDE
+    assert Image.open(tmp_path / "seg" / "photo_overlay.jpg").size == (500, 375)  # from the 1/8-scale decode
     r = _infer(served, photo_12mp)
     mask = r.as_numpy("MASK")
     assert mask.shape == (1, 3000, 4000) and mask.dtype == np.uint8
     agree = float((mask[0] == want).mean())
     assert agree >= 0.999, f"served vs `ganseg segment`: {agree:.5f} of pixels agree"
     assert len(np.unique(want)) > 3  # a face, not a blank map
+    # the compact transport: 4 KB of labels + the size; expanded with the pipeline's rule it is MASK, byte for byte
+    for model in ("ganseg_segment", "ganseg_segment_ensemble"):
+        c = _infer(served, photo_12mp, outputs=("MASK_LOWRES", "MASK_SIZE"), model=model)
+        low, size = c.as_numpy("MASK_LOWRES"), c.as_numpy("MASK_SIZE")
+        assert low.shape == (1, 64, 64) and low.dtype == np.uint8 and size.tolist() == [[3000, 4000]]
+        assert np.array_equal(P.resize_labels(low[0], tuple(size[0])), mask[0]), model
+        if model == "ganseg_segment":  # BLS makes only what was asked for
+            assert c.as_numpy("MASK") is None and c.as_numpy("OVERLAY") is None
 
 
 def test_served_overlay_only_when_requested(served, photo_12mp) -> None:
@@ -225,7 +236,7 @@ def test_served_overlay_only_when_requested(served, photo_12mp) -> None:
     assert r.as_numpy("OVERLAY") is None and r.get_output("OVERLAY") is None
     r = _infer(served, photo_12mp, outputs=("MASK", "OVERLAY"))
     ov = Image.open(io.BytesIO(bytes(r.as_numpy("OVERLAY").reshape(-1)[0])))
-    assert ov.size == (1000, 750)  # long side <= 1024: 1/4 DCT scale of 4000x3000, never full size
+    assert ov.size == (500, 375)  # the network's own 1/8-scale decode: no second decode, never full size
     r = _infer(served, photo_12mp, outputs=("MASK", "OVERLAY"), parameters={"overlay_max_side": 300})
     assert max(Image.open(io.BytesIO(bytes(r.as_numpy("OVERLAY").reshape(-1)[0]))).size) == 300
 

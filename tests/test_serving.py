@@ -123,8 +123,9 @@ def repo(tmp_path_factory) -> Path:
         unet.head.weight.div_(sd[:, None, None, None])
         unet.head.bias.sub_(mu).div_(sd)
     save_unet(unet, d / "run" / "unet.safetensors", list(CLASS_NAMES), extra={"resolution": 64})
+    # the BLS call to ganseg_unet (what GPU repositories use); tests/test_pipeline.py serves the defaults
     cfg = ServingConfig(max_batch=MAX_BATCH, unet_max_batch=16, preferred_batch=[4, 8], queue_delay_us=5000,
-                        ort_threads=1)
+                        ort_threads=1, inline_unet=False)
     return build_repository(d / "repo", unet=d / "run", pipeline="both", cfg=cfg)
 
 
@@ -240,6 +241,8 @@ def test_repository_configs_from_onnx_metadata(repo) -> None:
     assert json.loads(seg.parameters["palette"].string_value) == meta["palette"]
     assert seg.max_batch_size == MAX_BATCH and seg.HasField("dynamic_batching")
     assert int(seg.parameters["max_pixels"].string_value) == P.MAX_PIXELS
+    outs = {o.name: list(o.dims) for o in seg.output}
+    assert outs == {"MASK": [-1, -1], "MASK_LOWRES": [s, s], "MASK_SIZE": [2], "OVERLAY": [1]}
     raw = _config(repo / "ganseg_segment_raw" / "config.pbtxt")
     assert list(raw.input[0].dims) == [-1, -1, 3] and raw.input[0].allow_ragged_batch
     assert _config(repo / "ganseg_segment_ensemble" / "config.pbtxt").platform == "ensemble"
@@ -273,6 +276,15 @@ def test_gpu_targets_and_repo_errors(repo, tmp_path) -> None:
         build_repository(tmp_path / "afile", onnx=onnx)
     with pytest.raises(UserError, match="preferred-batch"):
         build_repository(tmp_path / "x", onnx=onnx, cfg=ServingConfig(max_batch=4, preferred_batch=[8]))
+    for target, pipeline in (("onnxruntime-gpu", "bls"), ("cpu", "ensemble")):  # the inline UNet is ORT on CPU in BLS
+        with pytest.raises(UserError, match="--inline-unet"):
+            build_repository(tmp_path / "y", onnx=onnx, target=target, pipeline=pipeline,
+                             cfg=ServingConfig(inline_unet=True))
+    knobs = build_repository(tmp_path / "k", onnx=onnx, cfg=ServingConfig(inline_unet=True, rate_limiter=True,
+                                                                         dynamic_batching=False))
+    seg = _config(knobs / "ganseg_segment" / "config.pbtxt")
+    assert seg.parameters["inline_unet"].string_value == "1" and not seg.HasField("dynamic_batching")
+    assert seg.instance_group[0].rate_limiter.resources[0].name == "ganseg_cpu"
 
 
 def test_committed_model_repository_is_what_export_writes() -> None:
@@ -323,6 +335,29 @@ def test_png_and_jpeg_masks_equal_onnxruntime(server, clients, reference, protoc
             mask = client.infer(model, [inp], outputs=[mod.InferRequestedOutput("MASK")]).as_numpy("MASK")
             assert np.array_equal(mask[0], want), f"{model} {protocol} {name}"
     assert len(np.unique(want)) > 1  # the test net labels more than one class
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_compact_mask_transport_expands_to_mask_byte_for_byte(clients, protocol) -> None:
+    """MASK_LOWRES + MASK_SIZE (what `ganseg client` asks for) -> pipeline.resize_labels -> MASK exactly;
+    a BLS model returns only the outputs asked for."""
+    from ganseg.serving.client import infer_once
+
+    mod, client = clients[protocol]
+    cases = [_png(_photo(50, 70, 31)), _jpeg(_photo(300, 170, 32)), _jpeg(_photo(1200, 1600, 33))]
+    for data in cases:
+        for model in ("ganseg_segment", "ganseg_segment_ensemble"):
+            full = _infer_bytes(client, mod, model, data).as_numpy("MASK")[0]
+            r = _infer_bytes(client, mod, model, data, outputs=("MASK_LOWRES", "MASK_SIZE", "OVERLAY"))
+            low, size = r.as_numpy("MASK_LOWRES"), r.as_numpy("MASK_SIZE")
+            assert low.dtype == np.uint8 and low.shape[1:] == (64, 64) and size.dtype == np.int32  # the net's 64²
+            assert tuple(size[0]) == full.shape
+            assert np.array_equal(P.resize_labels(low[0], tuple(size[0])), full), model
+            if model == "ganseg_segment":
+                assert r.as_numpy("MASK") is None and r.as_numpy("OVERLAY") is not None
+        got, _ = infer_once(client, protocol, "ganseg_segment", data, overlay=False)  # the client's default
+        assert np.array_equal(got, full)
+        assert np.array_equal(infer_once(client, protocol, "ganseg_segment", data, overlay=False, mask="raw")[0], full)
 
 
 def test_unusual_images_come_back_at_their_own_size(clients, reference) -> None:
@@ -514,6 +549,12 @@ def test_client_cli_writes_masks_and_overlays(server, reference, tmp_path, capsy
         assert (out / "c_mask.png").is_file()
         assert Image.open(out / "overlays.png").size[0] >= 2 * 128  # thumbnails of every result
         assert "p50" in capsys.readouterr().out
+        raw = tmp_path / f"raw-{protocol}"  # the full MASK tensor instead: the very same mask files
+        args = p.parse_args([str(src), "--url", url, "--protocol", protocol, "--out", str(raw), "--no-overlay",
+                             "--mask-transport", "raw"])
+        assert cli.run(args) == 0
+        for k in (*imgs, "c"):
+            assert (raw / f"{k}_mask.png").read_bytes() == (out / f"{k}_mask.png").read_bytes(), k
     args = p.parse_args([str(src), "--url", f"127.0.0.1:{_free_port()}", "--out", str(out)])
     with pytest.raises(UserError, match="no Triton server"):
         cli.run(args)

@@ -38,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fused_memory  # noqa: E402
 import gpu  # noqa: E402
 import inprocess  # noqa: E402
+import scaling  # noqa: E402
 import served  # noqa: E402
 import synthesis_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 from common import (RESULTS, environment, environment_markdown, fmt, loaded_note, markdown_table, pyplot,  # noqa: E402
                     result_stem, save_figure, write_json, write_text)
 
-SECTIONS = ("served", "inprocess", "realsize", "fused", "synthesis", "train", "gpu")
+SECTIONS = ("served", "inprocess", "realsize", "fused", "synthesis", "train", "scaling", "gpu")
 GOALS = {"served_over_inprocess": 0.85, "p99_over_p50_c8": 2.0}
 
 
@@ -77,6 +78,8 @@ class BenchConfig:
     synthesis_repeats: int = 3
     # GAN training steps (train_throughput.py; a CUDA row per resolution when a GPU is present)
     train_quick: bool = False
+    # data-parallel scaling under torchrun, 1 vs 2 CPU ranks (scaling.py; ~1 min on 2 cores)
+    scaling_quick: bool = False
     quick: bool = False
 
     @classmethod
@@ -169,6 +172,8 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict:
             elif name == "train":
                 sec = {"rows": train_throughput.measure_rows(train_throughput.default_points(cfg.train_quick), log=log),
                        "recorded": train_throughput.RECORDED}
+            elif name == "scaling":
+                sec = scaling.measure(scaling.Plan.for_device("cpu", cfg.scaling_quick), log=log)
             elif name == "gpu":
                 device = "cpu" if cfg.quick else None
                 sec = {"rows": gpu.gpu_rows(unet if cfg.quick else None, onnx_path, device=device, quick=cfg.quick,
@@ -338,6 +343,9 @@ def markdown(doc: dict) -> str:
     if "train" in s:
         parts.append("\n## GAN training steps (train-gan, R1 amortized)\n\n"
                      + train_throughput.table(s["train"]["rows"], s["train"]["recorded"]))
+    if "scaling" in s:
+        parts.append("\n## Data-parallel scaling (torchrun, CPU ranks, weak scaling; benchmarks/scaling.py)\n\n"
+                     + scaling.table(s["scaling"]))
     if "gpu" in s:
         parts.append("\n## GPU\n\n" + (f"{s['gpu']['note']}\n\n" if s["gpu"].get("note") else "")
                      + gpu.table(s["gpu"]["rows"]))

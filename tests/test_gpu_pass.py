@@ -63,7 +63,7 @@ def test_gpu_pass_bare_copy_smoke(tmp_path):
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = json.loads((out / "gpu_pass.json").read_text())
-    assert [s["stage"] for s in log["stages"]] == ["profile", "gan", "export", "kernel", "gpu"]
+    assert [s["stage"] for s in log["stages"]] == ["profile", "gan", "export", "kernel", "gpu", "scaling"]
     assert all(s["rc"] == 0 for s in log["stages"]), log["stages"]
     assert log["environment"]["git_commit"] == "unknown"
     assert "(commit unknown)" in (out / "gpu_pass.md").read_text()

@@ -17,7 +17,10 @@ own process with its own time limit, a failed stage is logged and the next ones 
               architecture fits (the bundled default is 64²; 128² starts fresh unless `--init` gives
               a 128² generator);
   3. export   fp16 EMA generator + discriminator (`export_bundle`), a sample grid, the training log;
-  4. kernel   benchmarks/gpu_kernel_check.py, then gpu   benchmarks/gpu.py, with the time left.
+  4. kernel   benchmarks/gpu_kernel_check.py, then gpu   benchmarks/gpu.py, with the time left;
+  5. scaling  benchmarks/scaling.py on CUDA: train-gan / train-unet img/s through torchrun with one
+              rank per GPU (1 and all GPUs; with one GPU, a plain and a one-rank DDP/NCCL point), the
+              GPU section of benchmarks/results/scaling.md (`scaling.py --merge` takes it there).
 
 What comes back (OUT, the device tool's `$OUT`): at most 8 files, each <= 16 MiB (checked, and any
 breach recorded):
@@ -66,6 +69,25 @@ BATCH = {128: 32, 64: 64}
 SMOKE_BATCH = 2
 SMOKE_ARCH = {128: ["--res", "128", "--channels", "32,32,32,16,8,4", "--z-dim", "32", "--mapping-layers", "2"],
               64: ["--res", "64", "--channels", "32,32,16,8,4", "--z-dim", "32", "--mapping-layers", "2"]}
+
+
+SCALING_S = 90                  # the scaling stage's share of the budget (4 short torchrun points on one GPU)
+
+
+def scaling_cmd(py: str, out: Path, smoke: bool) -> list[str]:
+    """benchmarks/scaling.py through torchrun's module form (this interpreter, no console script needed;
+    the workers find ganseg through benchmarks/common.py's bootstrap). On a GPU: one rank per GPU,
+    and with a single GPU a one-rank DDP point beside the plain one (the NCCL path, SyncBatchNorm).
+    Smoke: 2 CPU ranks of the tiny UNet (gloo), one launch, so the bare-copy imports are checked."""
+    cmd = [py, "benchmarks/scaling.py", "--out", str(out)]
+    if smoke:
+        return cmd + ["--device", "cpu", "--quick", "--nprocs", "2", "--trainers", "unet"]
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return cmd + ["--device", "cpu", "--nprocs", "1,2"]
+    return cmd + ["--device", "cuda", "--nprocs", f"1,{gpus}" if gpus > 1 else "1"] + (["--ddp-one"] if gpus == 1 else [])
 
 
 class Budget:
@@ -291,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", nargs=2, metavar=("G", "D"),
                    default=[str(WEIGHTS / "default_generator.safetensors"), str(WEIGHTS / "default_discriminator.safetensors")],
                    help="warm-start generator + discriminator (used at their own resolution)")
-    p.add_argument("--skip", default="", help="comma list of stages to skip: profile,gan,kernel,gpu")
+    p.add_argument("--skip", default="", help="comma list of stages to skip: profile,gan,kernel,gpu,scaling")
     p.add_argument("--smoke", action="store_true", help="CPU smoke test: batch 2, 2 training steps, smoke kernel check")
     p.add_argument("--stage", choices=["profile"], help=argparse.SUPPRESS)  # a stage's own process
     p.add_argument("--plan", help=argparse.SUPPRESS)
@@ -313,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(benchmark="gpu_pass")}
     print(f"[gpu_pass] commit {log['environment']['git_commit']}, work folder {work}", flush=True)
     # time kept back for what follows the training: rendering + start-up, export, the kernel stage
-    after_gan = 40 if args.smoke else 60 + 30 + 120
+    scaling_s = 0 if "scaling" in skip else 60 if args.smoke else SCALING_S
+    after_gan = 40 if args.smoke else 60 + 30 + 120 + scaling_s
     prof_limit, prof_expected = (90, 30) if args.smoke else (150, 60)
     # the training time the resolution choice plans for; recomputed from the clock once profiled
     gan_s = max(10.0, min(args.gan_minutes * 60, budget.left() - prof_expected - after_gan))
@@ -363,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         pack(out, work, log)
     if "gpu" not in skip:  # on a CPU every GPU row is recorded as absent, in seconds
         cmd = [py, "-m", "ganseg.bootstrap", "benchmarks/gpu.py", "--out", str(work / "gpu")]
-        stage("gpu", cmd, min(240, budget.left() - 5), log, work)
+        stage("gpu", cmd, min(240, budget.left() - max(5, scaling_s)), log, work)
+        pack(out, work, log)
+    if "scaling" not in skip:
+        stage("scaling", scaling_cmd(py, work / "scaling", args.smoke), min(max(scaling_s, 30), budget.left() - 5),
+              log, work)
     log["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     pack(out, work, log)
     print(f"[gpu_pass] results in {out}: {', '.join(log['limits']['files'])}", flush=True)

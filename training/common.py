@@ -259,19 +259,21 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
 
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed import _functional_collectives as funcol
-
-        def all_sum(t: torch.Tensor) -> torch.Tensor:
-            return funcol.wait_tensor(funcol.all_reduce(t, "sum", dist.group.WORLD))
+        from torch.distributed import _functional_collectives as funcol  # all_reduce with autograd
 
         c = x.shape[1]
-        local = x.sum(dim=(0, 2, 3))
-        stats = all_sum(torch.cat([local, local.new_full((1,), x.numel() // c)]))
+        # one all_reduce of the first two moments about a shift every rank shares (the running mean:
+        # near the batch mean once training runs, so E[(x-s)^2] - E[x-s]^2 loses no precision)
+        shift = (self.running_mean.detach().to(x.dtype, copy=True) if self.running_mean is not None
+                 else x.new_zeros(c)).view(1, c, 1, 1)
+        xs = x - shift
+        local = torch.cat([xs.sum(dim=(0, 2, 3)), xs.square().sum(dim=(0, 2, 3)), xs.new_full((1,), x.numel() // c)])
+        stats = funcol.wait_tensor(funcol.all_reduce(local, "sum", dist.group.WORLD))
         n = stats[-1]
-        mean = stats[:-1] / n
-        d = x - mean.view(1, c, 1, 1)
-        var = all_sum(d.square().sum(dim=(0, 2, 3))) / n
-        y = d * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        m1, m2 = stats[:c] / n, stats[c:2 * c] / n
+        var = (m2 - m1.square()).clamp_min(0)
+        mean = m1 + shift.view(c)
+        y = (xs - m1.view(1, c, 1, 1)) * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
         if self.affine:
             y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
         if self.track_running_stats:

@@ -1,13 +1,13 @@
 """`ganseg export {onnx,tensorrt,triton}`: one sub-subcommand per target, each in its own module.
 
 Each target module exposes `add_arguments(parser)` and `run(args) -> int`, like every ganseg
-subcommand; only the chosen target's module is imported (`ganseg.cli.add_commands`).
+subcommand; only the chosen target's module is imported (`ganseg.subcommands.add_commands`).
 """
 from __future__ import annotations
 
 import argparse
 
-from ganseg.cli import add_commands, run_module
+from ganseg.subcommands import add_commands, run_module
 
 TARGETS: dict[str, tuple[str, str]] = {
     "onnx": ("ganseg.export.onnx_export", "ONNX graphs: the distilled UNet, or generator + head (labeler)"),

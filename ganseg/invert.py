@@ -214,7 +214,7 @@ def default_discriminator_for(ckpt: str | None) -> Path | None:
 # CLI: ganseg invert
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_float, positive_int
+    from ganseg.argtypes import positive_float, positive_int
 
     d = InvertConfig()
     p.add_argument("images", nargs="+", help="image files")

@@ -162,7 +162,7 @@ def gan_quality(G, n: int = 2000, truncation_psi: float = 1.0, probe: UNet | Non
 # CLI: ganseg gan-quality
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_int
+    from ganseg.argtypes import positive_int
 
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")
     p.add_argument("--n", type=positive_int, default=2000, help="images per set")

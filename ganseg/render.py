@@ -34,7 +34,7 @@ from ganseg.labels import PALETTE, save_label_png, write_labels_json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the `render` options on a (sub)parser."""
-    from ganseg.cli import positive_int
+    from ganseg.argtypes import positive_int
 
     add = parser.add_argument
     add("--split", required=True, choices=sorted(SPLITS), help="which seed range to render")

@@ -65,7 +65,7 @@ def z_from_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import finite_float, nonnegative_int, positive_int
+    from ganseg.argtypes import finite_float, nonnegative_int, positive_int
 
     p.add_argument("--ckpt", default=None, help="generator .pt/.pkl/.safetensors (default: bundled)")
     p.add_argument("--seeds", default="0-15", help="e.g. 0-15 or 1,4,7-9 (any count: images are written as made)")

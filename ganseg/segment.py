@@ -44,7 +44,7 @@ from ganseg.pipeline import PREVIEW_MAX_SIDE, Batch, Segmented, post, pre, shrin
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_int
+    from ganseg.argtypes import positive_int
 
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, BMP, TIFF, GIF, PPM; any size)")
     p.add_argument("--method", choices=["unet", "invert"], default=None,

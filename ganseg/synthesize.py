@@ -451,7 +451,7 @@ def load_synth_dataset(path: str | os.PathLike, max_uncertainty: float | None = 
 # CLI: ganseg synthesize
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import finite_float, nonnegative_float, nonnegative_int, positive_int
+    from ganseg.argtypes import finite_float, nonnegative_float, nonnegative_int, positive_int
 
     d = SynthConfig()
     p.add_argument("--ckpt", default=None, help="generator .pt/.pkl/.safetensors (default: bundled)")

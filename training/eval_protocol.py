@@ -135,7 +135,7 @@ def run_protocol(G, cfg: EvalConfig, D=None, out: Path | None = None) -> dict:
 # CLI: ganseg eval
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_int
+    from ganseg.argtypes import positive_int
 
     d = EvalConfig()
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")

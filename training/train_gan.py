@@ -421,7 +421,7 @@ def mbstd_group(D: Discriminator, n: int) -> int:
 # CLI: ganseg train-gan
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_float, positive_int
+    from ganseg.argtypes import positive_float, positive_int
 
     d = TrainGANConfig()
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, generator.safetensors, samples/)")

@@ -106,7 +106,7 @@ def train_head(G, shots: Shots, cfg: HeadTrainConfig, progress: bool = True) -> 
 # CLI: ganseg train-head
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import positive_float, positive_int
+    from ganseg.argtypes import positive_float, positive_int
 
     d = HeadTrainConfig()
     p.add_argument("--ckpt", default=None, help="generator (default: bundled)")

@@ -522,7 +522,7 @@ class UNetTrainer:
 # CLI: ganseg train-unet
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ganseg.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+    from ganseg.argtypes import nonnegative_float, nonnegative_int, positive_float, positive_int
 
     d = UNetTrainConfig()
     p.add_argument("--data", default=None, help="synthesized dataset folder (`ganseg synthesize --out`)")

@@ -21,7 +21,7 @@ from ganseg.errors import BadInput
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ganseg.annotate.propose import ProposeConfig
-    from ganseg.cli import nonnegative_int, positive_float, positive_int
+    from ganseg.argtypes import nonnegative_int, positive_float, positive_int
 
     d = ProposeConfig()
     p.add_argument("shots", metavar="SHOTS_DIR", help="a `ganseg sample --out` folder (seedNNNN.png + latents.safetensors)")

@@ -6,7 +6,8 @@ per-step stop agreement, exactly as a training run pays them). Weak scaling: eac
 batch, so the global batch is N x that; the 1-rank point is a plain process (what one would run
 without torchrun), and efficiency = img/s(N) / (N x img/s(1)). Each worker builds the trainer through
 the same `training.common.setup` the CLI uses, trains `--warmup` steps, then times `--steps` steps
-between two barriers (GPU work synchronized) on rank 0. The GAN's lazy R1 (every 16th step) falls on
+one by one on rank 0, each fenced by a barrier (and a CUDA synchronize), and reports the median step
+(robust to the bursts of other jobs on a shared machine). The GAN's lazy R1 (every 16th step) falls on
 step 0, inside the warm-up: the timed steps are plain G + D steps. Random uint8 images: no rendering.
 
 CPU: one thread per rank (torchrun's OMP_NUM_THREADS=1; the 1-rank point gets the same), so 2 ranks
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,7 @@ class Plan:
                                                "w_dim": 64, "mapping_layers": 2, "batch_per_rank": 8})
     unet: dict = field(default_factory=lambda: {"resolution": 64, "width": 16, "depth": 3, "batch_per_rank": 8})
     warmup: int = 2
-    steps: int = 6
+    steps: int = 8
     ddp_one: bool = False   # also a 1-rank point through DDP (a one-process group)
 
     @classmethod
@@ -118,15 +120,17 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(plan.warmup):
             step()
         sync()
-        t0 = time.perf_counter()
-        for _ in range(plan.steps):
+        times = []
+        for _ in range(plan.steps):  # each step fenced (as the training loop's per-step stop agreement)
+            t0 = time.perf_counter()
             step()
-        sync()
-        seconds = time.perf_counter() - t0
+            sync()
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times)
     row = {"trainer": args.trainer, "device": plan.device, "ranks": world, "ddp": dist.active,
            "backend": dist.backend, "batch_per_rank": spec["batch_per_rank"], "global_batch": batch,
-           "resolution": res, "steps": plan.steps, "seconds": seconds, "step_ms": 1e3 * seconds / plan.steps,
-           "img_per_s": plan.steps * batch / seconds,
+           "resolution": res, "steps": plan.steps, "step_ms": 1e3 * seconds, "img_per_s": batch / seconds,
+           "step_ms_all": [round(1e3 * t, 2) for t in times],
            "threads_per_rank": torch.get_num_threads() if device.type == "cpu" else None,
            "bf16": bool(getattr(trainer, "amp", False))}
     if dist.main:

@@ -2,14 +2,20 @@
 (labelled, then inverted into the GAN). Either way a shot is a latent, noise and a mask."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from ganseg.errors import BadInput, MissingFile
-from ganseg.labels import load_label_png
+from ganseg.labels import load_label_png, resize_labels
+
+# a sample folder's masks: reviewed (painted or checked by a person) or proposed (a head's proposal
+# that `ganseg annotate` saved as shown, not yet reviewed; docs/annotate.md)
+SAMPLED_MASK_RE = re.compile(r"seed(\d+)_(mask|proposed)\.png")
 
 
 @dataclass
@@ -44,11 +50,37 @@ def _mask_fits(mask: np.ndarray, mask_path: Path, hw: tuple[int, int], image_nam
                        f"paint the mask at its image's size")
 
 
-def load_sampled_shots(folder: str | Path, resolution: int | None = None) -> Shots:
+def seed_ranges(seeds: Iterable[int]) -> str:
+    """[0, 1, 2, 3, 7, 9, 10] -> '0-3,7,9-10': the `--seeds` text of `ganseg sample` for these seeds."""
+    out: list[str] = []
+    for s in sorted(set(seeds)):
+        if out and s == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{s}"
+        else:
+            out.append(str(s))
+    return ",".join(out)
+
+
+def latents_fix(folder: str | Path, seeds: Iterable[int]) -> str:
+    """What to run when images of a sample folder have no latent in its latents.safetensors (a second
+    `ganseg sample` into the folder replaced the file): sample every seed again."""
+    return (f"rerun `ganseg sample --seeds {seed_ranges(seeds)} --out {folder}` with the --ckpt and options that made "
+            f"the images (it writes the same images again and latents for all of them; masks are left as they are)")
+
+
+def load_sampled_shots(folder: str | Path, resolution: int | None = None, include_proposed: bool = False,
+                       note: Callable[[str], None] | None = None) -> Shots:
     """`ganseg sample` output + the user's seedNNNN_mask.png files + labels.json.
 
     Every mask must have its image's size: seedNNNN.png's when present, else `resolution` (the
     generator's); a mismatch is an error naming the mask, before any training.
+
+    Reviewed masks (seedNNNN_mask.png) are used; unreviewed proposals `ganseg annotate` saved
+    (seedNNNN_proposed.png) only with `include_proposed` (a proposal the person never looked at is
+    the head's guess, not an annotation). A mask whose seed has no latent in latents.safetensors
+    cannot be used (the head trains on the generator's features of that latent) and is an error
+    naming the files and the fix: it used to be dropped without a word. `note` (e.g. `print`) gets
+    one line saying which masks were used and which proposals were left out.
     """
     from ganseg.images import load_rgb
     from ganseg.sample import load_latents
@@ -59,10 +91,29 @@ def load_sampled_shots(folder: str | Path, resolution: int | None = None) -> Sho
                           f"latents.safetensors, seedNNNN_mask.png and labels.json")
     lat, info = load_latents(folder / "latents.safetensors")
     names = load_class_names(folder)
-    ws, masks = [], []
+    found: dict[int, dict[str, Path]] = {}
+    for p in folder.iterdir():
+        if (m := SAMPLED_MASK_RE.fullmatch(p.name)) and p.name == f"seed{int(m.group(1)):04d}_{m.group(2)}.png":
+            found.setdefault(int(m.group(1)), {})[m.group(2)] = p
+    latent_seeds = set(lat["seeds"].tolist())
+    orphans = sorted(f.name for seed, kinds in found.items() if seed not in latent_seeds
+                     for kind, f in kinds.items() if kind == "mask" or include_proposed)
+    if orphans:
+        from ganseg.paths import some
+
+        images = {int(m.group(1)) for p in folder.glob("seed*.png") if (m := re.fullmatch(r"seed(\d+)\.png", p.name))}
+        raise BadInput(f"{folder}: {len(orphans)} mask(s) have no latent in latents.safetensors, so train-head cannot "
+                       f"use them: {some(orphans)}; {latents_fix(folder, images | set(found) | latent_seeds)}, or "
+                       f"move those masks out of the folder")
+    ws, masks, used, left_out = [], [], {"mask": [], "proposed": []}, []
     for i, seed in enumerate(lat["seeds"].tolist()):
-        p = folder / f"seed{seed:04d}_mask.png"
-        if p.is_file():
+        kinds = found.get(seed, {})
+        kind = "mask" if "mask" in kinds else "proposed" if "proposed" in kinds and include_proposed else None
+        if "proposed" in kinds and kind != "proposed" and "mask" not in kinds:
+            left_out.append(kinds["proposed"].name)
+        if kind is not None:
+            p = kinds[kind]
+            used[kind].append(p.name)
             mask = load_label_png(p)
             img = folder / f"seed{seed:04d}.png"
             if img.is_file():
@@ -75,8 +126,23 @@ def load_sampled_shots(folder: str | Path, resolution: int | None = None) -> Sho
             ws.append(lat["w"][i])
             masks.append(torch.from_numpy(mask.astype(np.int64)))
     if not masks:
+        if left_out:
+            raise MissingFile(f"no reviewed seedNNNN_mask.png in {folder}, only {len(left_out)} unreviewed proposal(s) "
+                              f"(seedNNNN_proposed.png): review them in `ganseg annotate {folder}`, or pass "
+                              f"--include-proposed to train on them as they are")
         raise MissingFile(f"no seedNNNN_mask.png annotations in {folder} "
                           f"(sampled seeds: {lat['seeds'].tolist()[:8]}...); paint at least one")
+    if note is not None:
+        from ganseg.paths import some
+
+        line = f"shots: {len(used['mask'])} reviewed mask(s)"
+        if include_proposed:
+            line += f" and {len(used['proposed'])} unreviewed proposal(s) (--include-proposed)"
+        line += f": {some(used['mask'] + used['proposed'])}"
+        if left_out:
+            line += (f"; left out {len(left_out)} unreviewed proposal(s): {some(left_out)} (review them in "
+                     f"`ganseg annotate`, or pass --include-proposed)")
+        note(line)
     shots = Shots(torch.stack(ws), torch.stack(masks), names, info.get("noise_mode", "const"))
     _check_masks(shots.masks, names, folder)
     return shots
@@ -104,11 +170,8 @@ def load_labelled_images(folder: str | Path, resolution: int) -> tuple[torch.Ten
         lab = load_label_png(m)
         _mask_fits(lab, m, im.shape[:2], a.name)
         images.append(resize_rgb(im, resolution))
-        lab = torch.from_numpy(lab.astype(np.int64))
-        if lab.shape != (resolution, resolution):  # nearest keeps labels labels
-            lab = torch.nn.functional.interpolate(lab[None, None].float(), size=(resolution, resolution),
-                                                  mode="nearest")[0, 0].long()
-        masks.append(lab)
+        lab = resize_labels(lab, (resolution, resolution))  # nearest (the one label resize): labels stay labels
+        masks.append(torch.from_numpy(lab.astype(np.int64)))
     masks_t = torch.stack(masks)
     _check_masks(masks_t, names, folder)
     return from_uint8(np.stack(images)), masks_t, names

@@ -123,6 +123,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-resolution", type=positive_int, default=d.min_resolution,
                    help="use generator layers from this resolution up (a power of two up to the generator's)")
     p.add_argument("--invert-steps", type=positive_int, default=300, help="with --real: inversion steps per shot")
+    p.add_argument("--include-proposed", action="store_true",
+                   help="also train on the unreviewed proposals `ganseg annotate` saved (seedNNNN_proposed.png); "
+                        "by default only reviewed masks (seedNNNN_mask.png) are used")
     p.add_argument("--out", required=True, help="head file (.safetensors)")
 
 
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         D = load_discriminator(default_discriminator_for(args.ckpt))
         shots = shots_from_real(G, args.shots, InvertConfig(steps=args.invert_steps), D)
     else:
-        shots = load_sampled_shots(args.shots, G.resolution)
+        # says how many reviewed masks (and proposals) it uses; masks without a latent are an error
+        shots = load_sampled_shots(args.shots, G.resolution, include_proposed=args.include_proposed, note=print)
         check_shots(G, shots)
     head = train_head(G, shots, cfg)
     save_head(head, args.out, extra={"class_names": shots.class_names, "generator": str(args.ckpt or "default")})

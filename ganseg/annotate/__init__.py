@@ -76,6 +76,15 @@ def run(args: argparse.Namespace) -> int:
           f"{len(store.labels)} classes ({store.labels_path}{'' if store.labels_exist else ': not yet written'})")
     for name, err in bad.items():
         print(f"ganseg annotate: warning: {err} ({name} starts empty; the file is backed up on save)", file=sys.stderr)
+    if store.latents_error:
+        print(f"ganseg annotate: warning: {store.latents_error}", file=sys.stderr)
+    elif missing := store.without_latent():
+        from ganseg.paths import some
+        from ganseg.shots import latents_fix
+
+        print(f"ganseg annotate: warning: {len(missing)} image(s) have no latent in latents.safetensors, so "
+              f"train-head cannot use their masks (marked in the page): {some(missing)}; to use them, "
+              f"{latents_fix(store.folder, [e.seed for e in store.images.values()])}", file=sys.stderr)
     if store.cleaned:
         print(f"ganseg annotate: removed {len(store.cleaned)} temporary file(s) left by an interrupted save; "
               f"the masks themselves are intact", file=sys.stderr)
@@ -85,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print(f"\nganseg annotate: stopped; {len(store.annotated())} annotated. Next:\n  "
+        print()  # after the terminal's ^C
+        if server.proposer.job.state == "running":
+            print("ganseg annotate: stopping the proposal in training...", flush=True)
+        server.server_close()  # cancels a proposal and waits for its thread (a clean exit, not SIGABRT)
+        print(f"ganseg annotate: stopped; {len(store.annotated())} annotated. Next:\n  "
               + "\n  ".join(server.state()["commands"]))
     finally:
         server.server_close()

@@ -3,21 +3,31 @@
 Why: after the first shot the ReGAN head already knows something about the parts, so the person can
 correct its mask instead of painting from nothing. The job runs `ganseg.training.train_head` (the
 same trainer and head `train-head` uses) in a background thread, so the page keeps working while it
-trains. It trains an ensemble of `ensemble` heads one by one (each is `train_head` with its own
-seed, exactly what `train_head(..., ensemble=N)` builds) so that the page can show which head is
-training; `HeadEnsemble`'s entropy map (via `ganseg.synthesize.head_probs`) marks the uncertain
+trains. It trains an ensemble of `ensemble` heads in one `train_head(..., ensemble=N)` call (the
+shots' features computed once); torch's optimizer-step hook tells the page which head is training
+and how far, without a second copy of the training loop; `HeadEnsemble`'s entropy map (via `ganseg.synthesize.head_probs`) marks the uncertain
 pixels, and its per-image mean orders the unannotated images for "Suggest next".
 
 torch and the generator are imported on the first proposal, not at start-up: painting never waits
 for them.
+
+Stopping: the job's thread is not a daemon and `Proposer.close` (called when the server closes, e.g.
+on Ctrl-C) cancels it at the next optimizer step and joins it. Why: a daemon thread still inside
+torch when the interpreter finalizes is ended by CPython with pthread_exit as soon as it reaches for
+the GIL; that unwinding through torch's C++ frames (e.g. `THPVariable_conv2d` releasing the GIL)
+calls std::terminate, and Ctrl-C during a proposal ended with "terminate called without an active
+exception" and SIGABRT (seen in gdb: take_gil -> PyThread_exit_thread -> _Unwind_ForcedUnwind).
 """
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,7 +39,8 @@ from ganseg.errors import BadInput, UserError
 class ProposeConfig:
     ckpt: str | None = None   # generator; None: the one latents.safetensors names, else the bundled one
     head: str = "linear"      # seconds per proposal on a CPU; `cnn` is better and ~6x slower (docs/fewshot.md)
-    steps: int = 300          # optimizer steps per head
+    steps: int = 100          # optimizer steps per head: 300 at lr 1e-3 were no better (docs/annotate.md)
+    lr: float = 3e-3
     ensemble: int = 3         # heads; their disagreement/entropy marks uncertain pixels
     uncertain: float = 0.35   # a pixel is marked when entropy / log(K) exceeds this
 
@@ -41,9 +52,41 @@ class Proposal:
     score: float              # mean normalized entropy: Suggest next's key
 
 
+class Cancelled(Exception):
+    """The job was asked to stop (`Proposer.close`)."""
+
+
+_TORCH_THREADS: int | None = None  # torch's own default, read before the first proposal changes it
+
+
+@contextmanager
+def proposal_threads():
+    """Run the block with torch's intra-op threads set to the idle cores (cores less the 1-minute load
+    average), at least 1, at most torch's default; restored after (the setting is process-wide, and
+    the tests run proposals in-process).
+
+    Why: a proposal's ops are small (a 64² linear head step is ~10 ms on one core) and torch's OpenMP
+    workers meet at the end of every op; when other processes keep the cores busy, a descheduled
+    worker stalls every op. Measured on the shared 2-core VM at load 8: 2 threads 150-400 ms per
+    step, 1 thread 10-19 ms (a 3-head proposal 75 s -> 18 s). On idle cores torch's default stands."""
+    import torch
+
+    global _TORCH_THREADS
+    if _TORCH_THREADS is None:
+        _TORCH_THREADS = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = cores - (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(_TORCH_THREADS, int(idle))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class JobState:
-    state: str = "idle"       # idle | running | done | error
+    state: str = "idle"       # idle | running | done | error | cancelled
     stage: str = ""
     progress: float = 0.0
     message: str = ""
@@ -59,6 +102,7 @@ class Proposer:
         self.job = JobState()
         self.proposals: dict[str, Proposal] = {}
         self._lock = threading.Lock()
+        self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._G = None
         self.ckpt = cfg.ckpt
@@ -76,10 +120,23 @@ class Proposer:
             if not (self.store.folder / "latents.safetensors").is_file():
                 raise BadInput(f"{self.store.folder}/latents.safetensors is missing: Propose needs the latents that "
                                f"`ganseg sample` writes beside the images (rerun it without --no-latents)")
+            if self._cancel.is_set():
+                raise BadInput("the server is stopping: no new proposal")
             self.job = JobState(state="running", stage="starting", trained_on=shots)
-            self._thread = threading.Thread(target=self._run, args=(shots,), daemon=True, name="ganseg-propose")
+            # not a daemon: the interpreter must never finalize while this thread is inside torch
+            self._thread = threading.Thread(target=self._run, args=(shots,), daemon=False, name="ganseg-propose")
             self._thread.start()
             return self.job
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """Cancel a running job (it stops at its next optimizer step or prediction batch) and wait for
+        its thread; True when no job thread is left. The server calls this when it closes."""
+        with self._lock:
+            self._cancel.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
 
     def status(self) -> dict:
         j = self.job
@@ -100,7 +157,28 @@ class Proposer:
     # ---------------------------------------------------------------- the job
 
     def _set(self, stage: str, progress: float) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
         self.job.stage, self.job.progress = stage, progress
+
+    @contextmanager
+    def _each_step(self, on_step):
+        """Call on_step(k) before the k-th optimizer step (k = 0, 1, ...) taken in this thread while the
+        block runs: progress within a head, and the point where a cancelled job stops (`_set` raises
+        Cancelled out of the step). torch's global optimizer hook, so the trainer is used unchanged."""
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        me, count = threading.current_thread(), itertools.count()
+
+        def hook(optimizer, args, kwargs):
+            if threading.current_thread() is me:
+                on_step(next(count))
+
+        handle = register_optimizer_step_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _generator(self, info: dict):
         from ganseg.checkpoints import load_generator
@@ -114,11 +192,15 @@ class Proposer:
     def _run(self, shots_names: list[str]) -> None:
         t0 = time.perf_counter()
         try:
-            self._train_and_predict(shots_names)
+            with proposal_threads():
+                self._train_and_predict(shots_names)
             self.job.state, self.job.progress = "done", 1.0
             self.job.message = (f"head trained on {len(shots_names)} shot(s) in {time.perf_counter() - t0:.1f} s; "
                                 f"proposals ready for {len(self.proposals)} image(s)")
             self.log(f"propose: {self.job.message}")
+        except Cancelled:
+            self.job.state, self.job.message = "cancelled", "stopped: the server is closing"
+            self.log("propose: training stopped (the server is closing)")
         except UserError as exc:
             self.job.state, self.job.message = "error", str(exc)
             self.log(f"propose: error: {exc}")
@@ -130,7 +212,6 @@ class Proposer:
     def _train_and_predict(self, shots_names: list[str]) -> None:
         import torch
 
-        from ganseg.heads import HeadEnsemble
         from ganseg.sample import load_latents
         from ganseg.shots import load_sampled_shots
         from ganseg.synthesize import head_probs
@@ -139,16 +220,20 @@ class Proposer:
         self._set("loading the generator", 0.02)
         lat, info = load_latents(self.store.folder / "latents.safetensors")
         G = self._generator(info)
-        shots = load_sampled_shots(self.store.folder, G.resolution)
+        shots = load_sampled_shots(self.store.folder, G.resolution)  # reviewed masks only
         check_shots(G, shots)
-        cfg = HeadTrainConfig(kind=self.cfg.head, steps=self.cfg.steps)
+        n, steps = self.cfg.ensemble, self.cfg.steps
+        # one train_head call for the ensemble (seeds seed..seed+n-1, as `train-head --ensemble`): the
+        # shots' features are computed once; the step hook reports which head is training
+        cfg = HeadTrainConfig(kind=self.cfg.head, steps=steps, lr=self.cfg.lr, ensemble=n)
         cfg.validate(G)
-        heads = []
-        for k in range(self.cfg.ensemble):
-            self._set(f"training head {k + 1}/{self.cfg.ensemble} on {len(shots)} shot(s)",
-                      0.05 + 0.8 * k / self.cfg.ensemble)
-            heads.append(train_head(G, shots, replace(cfg, seed=cfg.seed + k), progress=False))
-        head = heads[0] if len(heads) == 1 else HeadEnsemble(heads).eval()
+
+        def stage(k: int) -> None:
+            self._set(f"training head {k // steps + 1}/{n} on {len(shots)} shot(s)", 0.05 + 0.85 * k / (n * steps))
+
+        stage(0)
+        with self._each_step(stage):
+            head = train_head(G, shots, cfg, progress=False)
 
         self._set("predicting", 0.9)
         seeds = lat["seeds"].tolist()
@@ -158,6 +243,7 @@ class Proposer:
         out: dict[str, Proposal] = {}
         with torch.no_grad():
             for b in range(0, len(todo), 8):
+                self._set("predicting", 0.9 + 0.1 * b / len(todo))
                 chunk = todo[b: b + 8]
                 w = lat["w"][[i for i, _ in chunk]].to(G.device)
                 _, feats = G.synthesize_features(w=w, noise_mode=shots.noise_mode)
@@ -168,7 +254,9 @@ class Proposer:
                     if lab.shape != (e.height, e.width):  # the image was resized after sampling
                         from PIL import Image
 
-                        lab = np.asarray(Image.fromarray(lab).resize((e.width, e.height), Image.Resampling.NEAREST))
+                        from ganseg.labels import resize_labels
+
+                        lab = resize_labels(lab, (e.height, e.width))
                         un = np.asarray(Image.fromarray(un.astype(np.float32)).resize((e.width, e.height)))
                     out[e.name] = Proposal(lab, (un * 255).round().astype(np.uint8), float(un.mean()))
         self.proposals = out

@@ -12,8 +12,9 @@ Routes (all answers JSON except the page, static files and images)::
     GET  /                         the page              GET  /static/FILE      its JS/CSS
     GET  /api/state                images, classes, status, final commands
     GET  /api/image/NAME           the seedNNNN.png bytes
-    GET  /api/mask/NAME            {version, error, data}
-    PUT  /api/mask/NAME            {base_version, data} -> {version}; 409 when stale
+    GET  /api/mask/NAME            {version, error, data, kind}
+    PUT  /api/mask/NAME            {base_version, data, kind} -> {version}; 409 when stale
+                                   (kind "reviewed": NAME_mask.png, "proposed": NAME_proposed.png)
     PUT  /api/labels               {classes, palette} -> state
     POST /api/propose              start training; GET /api/propose: progress and Suggest-next ranking
     GET  /api/proposal/NAME        {labels, uncertainty, score}
@@ -53,6 +54,10 @@ def final_commands(store: ShotStore, proposer: Proposer) -> list[str]:
     ckpt = f" --ckpt {shlex.quote(proposer.ckpt)}" if proposer.ckpt else ""
     labels = "" if store.labels_path == store.folder / "labels.json" else (
         f"  # first: cp {shlex.quote(str(store.labels_path))} {folder}/labels.json (train-head reads it there)")
+    proposed = [n for n in store.images if store.status(n)["proposed"]]
+    if proposed:  # what train-head does with them, said where the person reads the command
+        labels += (f"  # uses the {len(store.annotated())} reviewed mask(s); {len(proposed)} unreviewed proposal(s) "
+                   f"left out (review them here, or add --include-proposed)")
     return [f"ganseg train-head --shots {folder}{ckpt} --head cnn --ensemble 3 --out head.safetensors{labels}",
             f"ganseg synthesize{ckpt} --head head.safetensors --n 10000 --out ds/",
             "ganseg train-unet --data ds/ --out unet/"]
@@ -65,6 +70,12 @@ class AnnotateServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.store, self.proposer, self.log = store, proposer, log
 
+    def server_close(self) -> None:
+        """Close the socket, then stop a proposal in training and wait for its thread: the process must
+        not exit while that thread is inside torch (`ganseg.annotate.propose` says why)."""
+        super().server_close()
+        self.proposer.close()
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -76,6 +87,7 @@ class AnnotateServer(ThreadingHTTPServer):
             "folder": str(s.folder),
             "labels_file": str(s.labels_path),
             "labels_exist": s.labels_exist,
+            "latents_error": s.latents_error,
             "classes": [{"name": n, "color": "#%02x%02x%02x" % tuple(int(c) for c in rgb)}
                         for n, rgb in zip(s.labels.class_names, s.labels.palette)],
             "images": [{"name": e.name, "width": e.width, "height": e.height, **s.status(e.name)}
@@ -163,8 +175,9 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/api/mask/"):
             name = path.rsplit("/", 1)[1]
             if method == "GET":
-                mask, version, error = store.load_mask(name)
-                return self._json({"version": version, "error": error, "data": None if mask is None else _b64(mask)})
+                mask, version, error, kind = store.load_mask(name)
+                return self._json({"version": version, "error": error, "kind": kind,
+                                   "data": None if mask is None else _b64(mask)})
             if method == "PUT":
                 return self._save_mask(name, self._body())
         if path == "/api/labels" and method == "PUT":
@@ -205,6 +218,8 @@ class Handler(BaseHTTPRequestHandler):
         if len(raw) != e.width * e.height:
             raise BadInput(f"{name}: the page sent {len(raw)} mask bytes, expected {e.width}x{e.height}; reload the page")
         mask = np.frombuffer(raw, np.uint8).reshape(e.height, e.width)
-        version = store.save_mask(name, mask, str(body.get("base_version", "")))
-        self.server.log(f"ganseg annotate: saved {store.mask_path(name)}")
+        kind = str(body.get("kind", "reviewed"))
+        version = store.save_mask(name, mask, str(body.get("base_version", "")), kind)
+        self.server.log(f"ganseg annotate: saved {store.mask_path(name, kind)}"
+                        f"{' (a proposal, not yet reviewed)' if kind == 'proposed' else ''}")
         self._json({"version": version, **store.status(name)})

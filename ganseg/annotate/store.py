@@ -16,6 +16,13 @@ goes through here, under one lock, so these checks are made in one place:
   mid-save leaves the old mask or the new one, never half of one.
 - Masks are read and written with `ganseg.labels` (indexed PNG, pixel value = class index) and the
   class list with `read_labels_json` / `write_labels_json`: exactly what `train-head` reads.
+- A mask is *reviewed* (``seedNNNN_mask.png``: painted, corrected or accepted by the person) or
+  *proposed* (``seedNNNN_proposed.png``: the head's proposal, saved as the page showed it, not yet
+  looked at). The file name says which, so `train-head` (which by default uses only reviewed masks)
+  and a person listing the folder tell them apart without any other file to keep in step.
+- The folder must be writable (checked at start, like every command's --out) and every image should
+  have its latent in latents.safetensors (`train-head` and Propose use the latents, not the pixels):
+  images without one are listed, marked in the page, and refused by `train-head` by name.
 """
 from __future__ import annotations
 
@@ -31,11 +38,13 @@ from PIL import Image
 
 from ganseg.errors import BadInput, MissingFile, UserError
 from ganseg.images import write_atomic
+from ganseg.paths import check_out_dir, check_out_file
 from ganseg.labels import (CLASS_NAMES, LabelFileError, LabelSet, LabelFileMissing, load_label_png, palette_for,
                            read_labels_json, save_label_png, write_labels_json)
 
 IMAGE_RE = re.compile(r"seed(\d+)\.png")
 HISTORY = "mask_history"
+KINDS = ("reviewed", "proposed")  # seedNNNN_mask.png / seedNNNN_proposed.png
 NO_VERSION = "none"
 STALE_TMP_SECONDS = 60  # a write_atomic temp file older than this is left over from a killed save
 
@@ -50,6 +59,7 @@ class ImageEntry:
     seed: int
     width: int
     height: int
+    latent: bool | None = None  # in latents.safetensors? None: the folder has no latents file
 
     @property
     def file(self) -> str:
@@ -58,6 +68,10 @@ class ImageEntry:
     @property
     def mask_file(self) -> str:
         return f"{self.name}_mask.png"
+
+    @property
+    def proposed_file(self) -> str:
+        return f"{self.name}_proposed.png"
 
 
 def file_version(path: Path) -> str:
@@ -79,7 +93,9 @@ class ShotStore:
         self.labels_path = Path(labels) if labels else self.folder / "labels.json"
         self.lock = threading.RLock()
         self.images = self._scan_images()
+        self._check_writable()
         self.labels, self.labels_exist = self._read_labels()
+        self.latents_error = self._mark_latents()
         self.cleaned = self._remove_stale_temp_files()
 
     # ---------------------------------------------------------------- scanning
@@ -98,6 +114,37 @@ class ShotStore:
                 raise BadInput(f"{p}: not a readable image ({exc}); delete it or rerun `ganseg sample`") from None
             images[p.stem] = ImageEntry(p.stem, seed, w, h)
         return images
+
+    def _check_writable(self) -> None:
+        """Every save writes here: an unwritable folder is refused at start with one line (it used to
+        start, then answer each save with an internal error)."""
+        check_out_dir(self.folder, "SHOTS_DIR")
+        if (self.folder / HISTORY).is_dir():
+            check_out_dir(self.folder / HISTORY, "SHOTS_DIR")
+        if self.labels_path != self.folder / "labels.json":
+            check_out_file(self.labels_path, "--labels")
+
+    def _mark_latents(self) -> str | None:
+        """Set each image's `latent` from latents.safetensors' seeds (read with numpy: no torch at start).
+        Returns why the file cannot be used, or None."""
+        from safetensors import safe_open
+
+        path = self.folder / "latents.safetensors"
+        if not path.is_file():
+            return (f"{path} is missing: Propose and `train-head` need the latents `ganseg sample` writes beside "
+                    f"the images (rerun it without --no-latents); `train-head --real` can still use the masks")
+        try:
+            with safe_open(str(path), framework="np") as f:
+                seeds = {int(s) for s in f.get_tensor("seeds").tolist()}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a bad file
+            return f"{path}: unreadable latents file ({type(exc).__name__}: {exc}); rerun `ganseg sample`"
+        for e in self.images.values():
+            e.latent = e.seed in seeds
+        return None
+
+    def without_latent(self) -> list[str]:
+        """Images whose masks `train-head` cannot use: latents.safetensors has no latent for their seed."""
+        return [n for n, e in self.images.items() if e.latent is False]
 
     def _read_labels(self) -> tuple[LabelSet, bool]:
         """labels.json when present (a bad one stops the command: its message names the fix); else the
@@ -127,8 +174,25 @@ class ShotStore:
     def image_path(self, name: str) -> Path:
         return self.folder / self.entry(name).file
 
-    def mask_path(self, name: str) -> Path:
-        return self.folder / self.entry(name).mask_file
+    def mask_path(self, name: str, kind: str = "reviewed") -> Path:
+        e = self.entry(name)
+        if kind not in KINDS:
+            raise BadInput(f"mask kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        return self.folder / (e.mask_file if kind == "reviewed" else e.proposed_file)
+
+    def current(self, name: str) -> tuple[Path, str | None]:
+        """(file, kind) of the mask the page shows for `name`: the reviewed one when it exists, else the
+        proposed one, else (the reviewed path, None)."""
+        for kind in KINDS:
+            path = self.mask_path(name, kind)
+            if path.exists():
+                return path, kind
+        return self.mask_path(name), None
+
+    def version(self, name: str) -> str:
+        """The ETag of what is on disk for `name`: kind + SHA-1 of its file, or NO_VERSION."""
+        path, kind = self.current(name)
+        return NO_VERSION if kind is None else f"{kind[0]}{file_version(path)}"
 
     # ---------------------------------------------------------------- masks
 
@@ -144,51 +208,59 @@ class ShotStore:
                            f"(0..{len(self.labels) - 1}); add classes in the page or fix the mask")
 
     def status(self, name: str) -> dict:
-        """What the navigation list shows: annotated or not, and why a mask on disk cannot be used."""
-        path = self.mask_path(name)
-        if not path.exists():
-            return {"annotated": False, "error": None}
+        """What the navigation list shows: reviewed ("annotated"), an unreviewed proposal on disk, the
+        latent, and why a mask on disk cannot be used."""
+        path, kind = self.current(name)
+        row = {"annotated": False, "proposed": False, "error": None, "latent": self.entry(name).latent}
+        if kind is None:
+            return row
         try:
             self.check_mask(name, load_label_png(path), str(path))
         except UserError as exc:
-            return {"annotated": False, "error": str(exc)}
-        return {"annotated": True, "error": None}
+            return {**row, "error": str(exc)}
+        return {**row, "annotated": kind == "reviewed", "proposed": kind == "proposed"}
 
-    def load_mask(self, name: str) -> tuple[np.ndarray | None, str, str | None]:
-        """(mask or None, version, error). A mask that cannot be used comes back as None with the
+    def load_mask(self, name: str) -> tuple[np.ndarray | None, str, str | None, str | None]:
+        """(mask or None, version, error, kind). A mask that cannot be used comes back as None with the
         reason; the page starts from an empty mask and the bad file is kept as a backup on first save."""
         with self.lock:
-            path = self.mask_path(name)
-            version = file_version(path)
-            if version == NO_VERSION:
-                return None, version, None
+            path, kind = self.current(name)
+            version = self.version(name)
+            if kind is None:
+                return None, version, None, None
             try:
                 mask = load_label_png(path)
                 self.check_mask(name, mask, str(path))
             except UserError as exc:
-                return None, version, str(exc)
-            return mask, version, None
+                return None, version, str(exc), kind
+            return mask, version, None, kind
 
-    def save_mask(self, name: str, mask: np.ndarray, base_version: str) -> str:
-        """Write NAME_mask.png if nobody saved it since `base_version`; returns the new version.
+    def save_mask(self, name: str, mask: np.ndarray, base_version: str, kind: str = "reviewed") -> str:
+        """Write NAME_mask.png (kind "reviewed") or NAME_proposed.png (kind "proposed") if nobody saved
+        this image's mask since `base_version`; returns the new version.
 
-        The previous file (if any) is first kept as mask_history/NAME_mask.N.png; labels.json is
-        written too when it does not exist yet (train-head needs it).
+        Each file replaced or superseded is first kept as mask_history/NAME_{mask,proposed}.N.png; the
+        other kind's file is then removed, so that disk holds one mask per image and its name says
+        whether a person reviewed it. labels.json is written too when it does not exist yet.
         """
         with self.lock:
-            path = self.mask_path(name)
-            self.check_mask(name, mask, f"{name}_mask.png (from the page)")
-            current = file_version(path)
+            path = self.mask_path(name, kind)
+            self.check_mask(name, mask, f"{path.name} (from the page)")
+            current = self.version(name)
             if current != base_version:
-                raise StaleSave(f"{path.name} was saved elsewhere (another tab or program) after this page loaded "
-                                f"it; this save was refused so that neither version is lost: reload the image "
-                                f"to see the other version, or press 'Overwrite' to keep yours (the other is backed up)")
-            if current != NO_VERSION:
-                self._backup(path)
+                raise StaleSave(f"{self.current(name)[0].name} was saved elsewhere (another tab or program) after this "
+                                f"page loaded it; this save was refused so that neither version is lost: reload the "
+                                f"image to see the other version, or press 'Overwrite' to keep yours (the other is "
+                                f"backed up)")
+            other = self.mask_path(name, KINDS[1 - KINDS.index(kind)])
+            for p in (path, other):
+                if p.exists():
+                    self._backup(p)
             if not self.labels_exist:
                 self.write_labels(self.labels.class_names, self.labels.palette)
             save_label_png(path, mask.astype(np.uint8), self.labels.palette)
-            return file_version(path)
+            other.unlink(missing_ok=True)  # after the write: a kill in between leaves both, never neither
+            return self.version(name)
 
     def _backup(self, path: Path) -> Path:
         hist = self.folder / HISTORY
@@ -198,11 +270,12 @@ class ShotStore:
         write_atomic(dest, path.read_bytes())
         return dest
 
-    def backups(self, name: str) -> list[Path]:
-        stem = self.entry(name).mask_file[:-4]
+    def backups(self, name: str, kind: str = "reviewed") -> list[Path]:
+        stem = self.mask_path(name, kind).stem
         return sorted((self.folder / HISTORY).glob(f"{stem}.*.png"), key=lambda p: int(p.name.split(".")[-2]))
 
     def annotated(self) -> list[str]:
+        """Images with a usable reviewed mask: what proposals train on and train-head uses by default."""
         return [n for n in self.images if self.status(n)["annotated"]]
 
     # ---------------------------------------------------------------- classes

@@ -3,7 +3,11 @@
 // Hard edges by construction: the mask is a Uint8Array of class indices that every tool writes
 // into directly; canvases only *display* it (drawn with image smoothing off). What is saved is that
 // array, byte for byte, so every saved pixel is a class index — no anti-aliased edge can exist.
-// Undo/redo store per-stroke diffs (changed indices with their before/after values).
+// Undo/redo store per-operation diffs: the mask is copied when an operation starts and compared when
+// it ends (changed indices with their before/after values, or both whole masks when most pixels
+// changed). Typed arrays only: no Map or Set, whose 2^24-entry limit once stopped a fill on a 6000²
+// image half-way. Each image's mask is "reviewed" (the person's: saved as NAME_mask.png) or
+// "proposed" (a head's proposal not yet edited or accepted: saved as NAME_proposed.png).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -34,7 +38,7 @@ function session(name) {
   // Everything the page holds for one image; kept while navigating so undo and unsaved edits survive.
   const e = S.byName[name];
   if (!e.s) e.s = {mask: new Uint8Array(e.width * e.height), unc: null, undo: [], redo: [], version: "none",
-                   edits: 0, savedEdits: 0, saving: null, conflict: false, loaded: null, img: null};
+                   kind: "reviewed", edits: 0, savedEdits: 0, saving: null, conflict: false, loaded: null, img: null};
   return e.s;
 }
 
@@ -49,7 +53,9 @@ async function loadImage(name) {
     s.img.getContext("2d").drawImage(img, 0, 0);
     const m = await api("GET", `/api/mask/${name}`);
     s.version = m.version;
+    s.kind = m.kind === "proposed" ? "proposed" : "reviewed";
     if (m.data) s.mask.set(b64decode(m.data));
+    layersFor = null;
     if (m.error) showError(`${m.error} — starting from an empty mask; the file is kept as a backup when you save.`);
   })();
   return s.loaded;
@@ -57,24 +63,35 @@ async function loadImage(name) {
 
 // ------------------------------------------------------------------ editing primitives
 
-function beginOp() { S.stroke = new Map(); }
+function beginOp() { const s = session(S.current); S.stroke = {s, before: s.mask.slice(), kind: s.kind}; }
 function setPixel(s, i, v) {
   if (s.mask[i] === v) return;
-  if (!S.stroke.has(i)) S.stroke.set(i, s.mask[i]);
   s.mask[i] = v;
   if (s.unc) s.unc[i] = 0; // a pixel the person touched is no longer "uncertain"
 }
-function endOp() {
-  const s = session(S.current), ch = S.stroke;
+function endOp(kind = "reviewed") {
+  // kind after the operation: "reviewed" for the person's edits, "proposed" when a proposal is applied
+  const op = S.stroke;
   S.stroke = null;
-  if (!ch || ch.size === 0) return;
-  const idx = Int32Array.from(ch.keys()), before = Uint8Array.from(ch.values());
-  const after = Uint8Array.from(idx, (i) => s.mask[i]);
-  s.undo.push({idx, before, after});
+  if (!op) return;
+  const s = op.s, before = op.before, after = s.mask, n = after.length;
+  let count = 0;
+  for (let i = 0; i < n; i++) if (before[i] !== after[i]) count++;
+  if (count === 0 && kind === op.kind) return;
+  let rec;
+  if (count * 5 > n * 2) rec = {before, after: after.slice()}; // most pixels: two whole masks are smaller
+  else {
+    const idx = new Int32Array(count), b = new Uint8Array(count), a = new Uint8Array(count);
+    for (let i = 0, k = 0; i < n; i++) if (before[i] !== after[i]) { idx[k] = i; b[k] = before[i]; a[k++] = after[i]; }
+    rec = {idx, before: b, after: a};
+  }
+  rec.kindBefore = op.kind; rec.kindAfter = kind;
+  s.kind = kind;
+  s.undo.push(rec);
   s.redo = [];
   changed(s);
 }
-function changed(s) { s.edits++; render(); renderList(); scheduleSave(); }
+function changed(s) { s.edits++; layersFor = null; render(); renderList(); scheduleSave(); }
 
 function stamp(s, e, cx, cy, value) {
   // Disc brush of diameter S.size centred on pixel (cx, cy); even sizes centre between pixels.
@@ -96,20 +113,37 @@ function line(x0, y0, x1, y1, fn) { // Bresenham: every pixel between two mouse 
     if (e2 <= dx) { err += dx; y0 += sy; }
   }
 }
-function flood(s, e, x, y, value) { // 4-connected region of the clicked pixel's class
-  const w = e.width, h = e.height, from = s.mask[y * w + x];
-  if (from === value) return;
-  const stack = [y * w + x];
-  while (stack.length) {
-    const i = stack.pop();
-    if (s.mask[i] !== from) continue;
-    setPixel(s, i, value);
-    const px = i % w;
-    if (px > 0) stack.push(i - 1);
-    if (px < w - 1) stack.push(i + 1);
-    if (i >= w) stack.push(i - w);
-    if (i < w * (h - 1)) stack.push(i + w);
+function flood(s, e, x, y, value) {
+  // 4-connected region of the clicked pixel's class, by scanlines: each popped seed fills its whole
+  // run in the row, then pushes one seed per run of the class in the rows above and below. The
+  // stack is a growable Int32Array (at most one seed per run), so any image size works.
+  const w = e.width, h = e.height, m = s.mask, unc = s.unc, from = m[y * w + x];
+  if (from === value) return 0;
+  let stack = new Int32Array(1024), sp = 0, filled = 0;
+  const push = (i) => {
+    if (sp === stack.length) { const t = new Int32Array(stack.length * 2); t.set(stack); stack = t; }
+    stack[sp++] = i;
+  };
+  push(y * w + x);
+  while (sp) {
+    const i = stack[--sp];
+    if (m[i] !== from) continue;
+    const row = i - (i % w);
+    let l = i, r = i;
+    while (l > row && m[l - 1] === from) l--;
+    while (r < row + w - 1 && m[r + 1] === from) r++;
+    m.fill(value, l, r + 1);
+    if (unc) unc.fill(0, l, r + 1);
+    filled += r - l + 1;
+    for (const adj of [row - w, row + w]) {
+      if (adj < 0 || adj >= w * h) continue;
+      let inRun = false;
+      for (let k = l - row + adj, end = r - row + adj; k <= end; k++) {
+        if (m[k] === from) { if (!inRun) { push(k); inRun = true; } } else inRun = false;
+      }
+    }
   }
+  return filled;
 }
 function fillPolygon(s, e, pts, value) { // pixel centres inside the polygon (even-odd rule)
   for (let y = 0; y < e.height; y++) {
@@ -129,34 +163,57 @@ function undo(redo = false) {
   const s = session(S.current), from = redo ? s.redo : s.undo, to = redo ? s.undo : s.redo;
   const op = from.pop();
   if (!op) return status(redo ? "nothing to redo" : "nothing to undo");
-  const vals = redo ? op.after : op.before;
-  op.idx.forEach((i, k) => { s.mask[i] = vals[k]; });
+  const vals = redo ? op.after : op.before, idx = op.idx;
+  if (idx) for (let k = 0; k < idx.length; k++) s.mask[idx[k]] = vals[k];
+  else s.mask.set(vals);
+  s.kind = redo ? op.kindAfter : op.kindBefore; // undoing a proposal's edit makes it a proposal again
   to.push(op);
   changed(s);
+}
+function accept() {
+  // The proposal on screen is right as it is: keep it as the person's (reviewed) mask.
+  const s = session(S.current);
+  if (s.kind !== "proposed") return status(`${S.current}: nothing to accept (this mask is already reviewed)`);
+  beginOp(); endOp("reviewed");
+  status(`${S.current}: proposal accepted as reviewed; saved as ${S.current}_mask.png`);
 }
 
 // ------------------------------------------------------------------ view
 
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
 let maskCanvas = document.createElement("canvas"), uncCanvas = document.createElement("canvas"), frame = 0;
+// The colour layers are rebuilt only when the mask, its uncertainty or the classes changed (changed(),
+// loads, palette edits set layersFor = null), not on every hover, pan or zoom: a pass over a 36 MP
+// mask takes a while.
+let layersFor = null, md = null, ud = null;
 
 function toPixel(ev) {
   const r = canvas.getBoundingClientRect();
   return [(ev.clientX - r.left - S.panX) / S.zoom, (ev.clientY - r.top - S.panY) / S.zoom];
 }
+function fitZoom(e) {
+  // The whole image in the view: the largest whole factor when it fits at 1x or more, else the
+  // largest 1/n (every n-th pixel shown, evenly) that fits.
+  const r = Math.min(canvas.clientWidth / e.width, canvas.clientHeight / e.height);
+  return r >= 1 ? Math.floor(r) : 1 / Math.ceil(1 / r);
+}
+function clampZoom(z) {
+  const e = S.byName[S.current], lo = e ? Math.min(0.25, fitZoom(e)) : 0.25; // never too small to see all of it
+  return Math.min(64, Math.max(lo, z));
+}
 function fit() {
   const e = S.byName[S.current];
   if (!e) return;
-  const z = Math.max(1, Math.floor(Math.min(canvas.clientWidth / e.width, canvas.clientHeight / e.height)));
+  const z = fitZoom(e);
   setView(z, Math.round((canvas.clientWidth - e.width * z) / 2), Math.round((canvas.clientHeight - e.height * z) / 2));
 }
 function setView(zoom, panX, panY) {
-  S.zoom = Math.min(64, Math.max(0.25, zoom)); S.panX = panX; S.panY = panY;
-  $("zoom-value").textContent = `${+S.zoom.toFixed(2)}×`;
+  S.zoom = clampZoom(zoom); S.panX = panX; S.panY = panY;
+  $("zoom-value").textContent = `${+S.zoom.toFixed(S.zoom < 1 ? 3 : 2)}×`;
   render();
 }
 function zoomAt(factor, cx, cy) {
-  const z = Math.min(64, Math.max(0.25, S.zoom * factor));
+  const z = clampZoom(S.zoom * factor);
   setView(z, cx - (cx - S.panX) * z / S.zoom, cy - (cy - S.panY) * z / S.zoom);
 }
 
@@ -172,20 +229,8 @@ function draw() {
   ctx.clearRect(0, 0, w, h);
   const e = S.byName[S.current];
   if (!e || !e.s || !e.s.img) return;
-  const s = e.s, n = e.width * e.height;
-  for (const c of [maskCanvas, uncCanvas]) if (c.width !== e.width || c.height !== e.height) { c.width = e.width; c.height = e.height; }
-  const md = new ImageData(e.width, e.height), ud = new ImageData(e.width, e.height);
-  const pal = S.classes.map((c) => hexToRgb(c.color)), thr = S.uncertain * 255;
-  for (let i = 0; i < n; i++) {
-    const v = s.mask[i], o = 4 * i;
-    if (v !== 0) { const p = pal[v] || [255, 255, 255]; md.data[o] = p[0]; md.data[o + 1] = p[1]; md.data[o + 2] = p[2]; md.data[o + 3] = 255; }
-    if (s.unc && s.unc[i] > thr) { // black/white checkerboard: no class colour looks like it
-      const v = ((i % e.width) + Math.floor(i / e.width)) % 2 ? 255 : 0;
-      ud.data[o] = ud.data[o + 1] = ud.data[o + 2] = v; ud.data[o + 3] = 170;
-    }
-  }
-  maskCanvas.getContext("2d").putImageData(md, 0, 0);
-  uncCanvas.getContext("2d").putImageData(ud, 0, 0);
+  const s = e.s;
+  if (layersFor !== s) { buildLayers(e, s); layersFor = s; }
   ctx.imageSmoothingEnabled = false;
   ctx.setTransform(S.zoom, 0, 0, S.zoom, S.panX, S.panY);
   ctx.drawImage(s.img, 0, 0);
@@ -206,6 +251,25 @@ function draw() {
   }
 }
 
+function buildLayers(e, s) {
+  const w = e.width, h = e.height;
+  if (!md || md.width !== w || md.height !== h) {
+    md = new ImageData(w, h); ud = new ImageData(w, h);
+    for (const c of [maskCanvas, uncCanvas]) { c.width = w; c.height = h; }
+  }
+  // one 32-bit RGBA word per pixel (little-endian: A B G R); class 0 transparent, unknown classes white
+  const m32 = new Uint32Array(md.data.buffer), u32 = new Uint32Array(ud.data.buffer), pal = new Uint32Array(256).fill(0xffffffff);
+  S.classes.forEach((c, i) => { const [r, g, b] = hexToRgb(c.color); pal[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0; });
+  pal[0] = 0;
+  const mask = s.mask, unc = s.unc, thr = S.uncertain * 255, black = 170 << 24 >>> 0, white = (black | 0xffffff) >>> 0;
+  for (let i = 0; i < mask.length; i++) m32[i] = pal[mask[i]];
+  if (unc) { // black/white checkerboard: no class colour looks like it
+    for (let y = 0, i = 0; y < h; y++) for (let x = 0; x < w; x++, i++) u32[i] = unc[i] > thr ? ((x + y) & 1 ? white : black) : 0;
+  } else u32.fill(0);
+  maskCanvas.getContext("2d").putImageData(md, 0, 0);
+  uncCanvas.getContext("2d").putImageData(ud, 0, 0);
+}
+
 // ------------------------------------------------------------------ pointer input
 
 canvas.addEventListener("pointerdown", (ev) => {
@@ -220,7 +284,7 @@ canvas.addEventListener("pointerdown", (ev) => {
   const [fx, fy] = toPixel(ev), x = Math.floor(fx), y = Math.floor(fy), s = e.s;
   const inside = x >= 0 && y >= 0 && x < e.width && y < e.height;
   if (S.tool === "brush" || S.tool === "eraser") {
-    beginOp(); stamp(s, e, x, y, paintValue()); S.last = [x, y]; render();
+    beginOp(); stamp(s, e, x, y, paintValue()); S.last = [x, y]; layersFor = null; render();
   } else if (S.tool === "fill" && inside) {
     beginOp(); flood(s, e, x, y, paintValue()); endOp();
   } else if (S.tool === "polygon") {
@@ -236,6 +300,7 @@ canvas.addEventListener("pointermove", (ev) => {
     const e = S.byName[S.current], x = Math.floor(S.hover[0]), y = Math.floor(S.hover[1]), v = paintValue();
     line(S.last[0], S.last[1], x, y, (px, py) => stamp(e.s, e, px, py, v));
     S.last = [x, y];
+    layersFor = null;
   }
   render();
 });
@@ -262,7 +327,7 @@ function closePolygon() {
 
 const TOOLS = {b: "brush", e: "eraser", g: "fill", l: "polygon"};
 document.addEventListener("keydown", (ev) => {
-  if (ev.target.matches("input[type=text], input[type=color], textarea")) return;
+  if (ev.target.matches("input[type=text], textarea")) return; // only while a name is being edited
   const k = ev.key, ctrl = ev.ctrlKey || ev.metaKey;
   if (ctrl && (k === "z" || k === "Z")) { ev.preventDefault(); undo(ev.shiftKey); return; }
   if (ctrl && k === "y") { ev.preventDefault(); undo(true); return; }
@@ -275,7 +340,7 @@ document.addEventListener("keydown", (ev) => {
     "[": () => setSize(S.size - 1), "]": () => setSize(S.size + 1),
     "+": () => zoomAt(1.25, canvas.clientWidth / 2, canvas.clientHeight / 2), "=": () => zoomAt(1.25, canvas.clientWidth / 2, canvas.clientHeight / 2),
     "-": () => zoomAt(0.8, canvas.clientWidth / 2, canvas.clientHeight / 2), z: fit,
-    ArrowRight: () => step(1), ArrowLeft: () => step(-1), p: propose, n: suggestNext,
+    ArrowRight: () => step(1), ArrowLeft: () => step(-1), p: propose, n: suggestNext, a: accept,
     u: () => { $("show-uncertain").checked = S.showUnc = !S.showUnc; render(); },
     Enter: closePolygon, Escape: () => { S.poly = []; render(); },
     Backspace: () => { S.poly.pop(); render(); },
@@ -294,7 +359,7 @@ function selectClass(i) {
   if (i >= S.classes.length) return status(`no class ${i}: ${S.classes.length} classes (add one in the Classes panel)`);
   S.cls = i;
   if (S.tool === "eraser") setTool("brush");
-  renderClasses(); status(`class ${i}: ${S.classes[i].name}`);
+  markClass(); status(`class ${i}: ${S.classes[i].name}`);
 }
 
 // ------------------------------------------------------------------ saving
@@ -306,16 +371,18 @@ function unsaved() { return S.images.filter((e) => e.s && (e.s.edits !== e.s.sav
 async function saveOne(e, overwrite = false) {
   const s = e.s;
   if (!s || s.saving || s.edits === s.savedEdits || (s.conflict && !overwrite)) return s && s.saving;
+  if (s.version === "none" && !s.mask.some((v) => v !== 0)) { s.savedEdits = s.edits; return null; } // nothing painted, nothing on disk
   s.saving = (async () => {
-    const edits = s.edits;
+    const edits = s.edits, kind = s.kind;
     try {
       if (overwrite) s.version = (await api("GET", `/api/mask/${e.name}`)).version;
-      const r = await api("PUT", `/api/mask/${e.name}`, {base_version: s.version, data: b64encode(s.mask)});
+      const r = await api("PUT", `/api/mask/${e.name}`, {base_version: s.version, data: b64encode(s.mask), kind});
       Object.assign(s, {version: r.version, savedEdits: edits, conflict: false});
-      e.annotated = r.annotated; e.error = r.error;
+      e.annotated = r.annotated; e.proposed = r.proposed; e.error = r.error;
       if (S.offline) { S.offline = false; hideBanner(); }
       $("labels-file").textContent = S.labelsFile;
-      status(`saved ${e.name}_mask.png`);
+      status(kind === "proposed" ? `saved ${e.name}_proposed.png: a proposal, not yet reviewed (edit it, or A accepts it as it is)`
+                                 : `saved ${e.name}_mask.png`);
     } catch (err) {
       if (err.status === 409) {
         s.conflict = true;
@@ -333,7 +400,7 @@ async function saveOne(e, overwrite = false) {
 async function saveAll() { await Promise.all(S.images.map((e) => saveOne(e))); }
 async function reloadFromDisk(e) {
   e.s.loaded = null; e.s.conflict = false; e.s.undo = []; e.s.redo = []; e.s.edits = e.s.savedEdits = 0;
-  e.s.mask.fill(0); e.s.unc = null;
+  e.s.mask.fill(0); e.s.unc = null; e.s.kind = "reviewed";
   await loadImage(e.name); hideBanner(); render(); renderList();
 }
 setInterval(() => { if (unsaved().length) saveAll(); }, 3000); // retries after a failure
@@ -368,11 +435,12 @@ async function applyProposal(e) {
   await loadImage(e.name);
   const s = e.s, labels = b64decode(p.labels);
   beginOp();
-  labels.forEach((v, i) => setPixel(s, i, v));
+  s.mask.set(labels);
   s.unc = b64decode(p.uncertainty);
-  endOp();
+  endOp("proposed");
   render();
-  status(`proposal for ${e.name} from a head trained on ${p.trained_on.length} shot(s): correct it, it is saved as you go (Ctrl+Z undoes it)`);
+  status(`proposal for ${e.name} from a head trained on ${p.trained_on.length} shot(s), saved as ${e.name}_proposed.png ` +
+         `(not reviewed): correct it, or press A if it is right as it is (Ctrl+Z undoes it)`);
 }
 function proposalFresh() {
   // The head behind the proposals was trained on exactly the masks saved now (else P retrains).
@@ -383,7 +451,7 @@ function proposalFresh() {
 function showPropose() {
   const p = S.propose;
   if (!p) return;
-  S.uncertain = p.uncertain;
+  if (S.uncertain !== p.uncertain) { S.uncertain = p.uncertain; layersFor = null; render(); }
   $("progress-bar").style.width = `${Math.round(100 * p.progress)}%`;
   $("propose-status").textContent = p.state === "running" ? `${p.stage}…` :
     p.state === "done" ? `${p.message}${proposalFresh() ? "" : " (masks saved since: P retrains)"}` : p.message || "";
@@ -408,21 +476,47 @@ async function putClasses(classes) {
     const st = await api("PUT", "/api/labels", {classes: classes.map((c) => c.name), palette: classes.filter((c) => c.color).map((c) => hexToRgb(c.color))});
     S.classes = st.classes; $("labels-file").textContent = `saved to ${st.labels_file}`;
   } catch (err) { showError(err.message); }
-  renderClasses(); render();
+  renderClasses(); layersFor = null; render();
 }
 function renderClasses() {
+  // A click anywhere on a class row selects that class; its name is text, not a field, so keys
+  // pressed afterwards are shortcuts. Renaming is explicit: double-click the name or press ✎.
   $("class-list").replaceChildren(...S.classes.map((c, i) => {
-    const li = document.createElement("li"), key = document.createElement("span"), col = document.createElement("input"), name = document.createElement("input");
-    li.classList.toggle("current", i === S.cls);
+    const li = document.createElement("li"), key = document.createElement("span"), col = document.createElement("input");
+    const name = document.createElement("span"), edit = document.createElement("button");
     key.className = "key"; key.textContent = i < 10 ? i : "";
-    col.type = "color"; col.value = c.color; name.type = "text"; name.value = c.name;
-    col.onchange = () => putClasses(S.classes.map((d, j) => j === i ? {...d, color: col.value} : d));
-    name.onchange = () => putClasses(S.classes.map((d, j) => j === i ? {...d, name: name.value} : d));
-    name.onkeydown = (ev) => { if (ev.key === "Enter") name.blur(); };
-    li.onclick = (ev) => { if (ev.target === li || ev.target === key) selectClass(i); };
-    li.append(key, col, name);
+    col.type = "color"; col.value = c.color; col.title = "class colour";
+    name.className = "name"; name.textContent = c.name; name.title = "click: select · double-click: rename";
+    edit.className = "edit"; edit.textContent = "✎"; edit.title = "rename";
+    col.onchange = () => { col.blur(); putClasses(S.classes.map((d, j) => j === i ? {...d, color: col.value} : d)); };
+    name.ondblclick = () => editClassName(i);
+    edit.onclick = (ev) => { ev.stopPropagation(); editClassName(i); };
+    li.onclick = (ev) => { if (!ev.target.matches("input[type=text]")) selectClass(i); };
+    li.append(key, col, name, edit);
     return li;
   }));
+  markClass();
+}
+function markClass() { [...$("class-list").children].forEach((li, i) => li.classList.toggle("current", i === S.cls)); }
+function editClassName(i) {
+  const span = $("class-list").children[i].querySelector(".name"), input = document.createElement("input");
+  input.type = "text"; input.value = S.classes[i].name; input.className = "name-edit";
+  let done = false;
+  const finish = (commit) => {
+    if (done) return;
+    done = true;
+    const v = input.value.trim();
+    if (commit && v && v !== S.classes[i].name) putClasses(S.classes.map((d, j) => j === i ? {...d, name: v} : d));
+    else renderClasses();
+  };
+  input.onkeydown = (ev) => {
+    ev.stopPropagation(); // typed into the name, not shortcuts
+    if (ev.key === "Enter") finish(true);
+    else if (ev.key === "Escape") finish(false);
+  };
+  input.onblur = () => finish(true);
+  span.replaceWith(input);
+  input.focus(); input.select();
 }
 function renderList() {
   for (const e of S.images) {
@@ -430,11 +524,18 @@ function renderList() {
     li.classList.toggle("current", e.name === S.current);
     li.classList.toggle("annotated", !!e.annotated && !(e.s && e.s.edits !== e.s.savedEdits));
     li.classList.toggle("unsaved", !!(e.s && e.s.edits !== e.s.savedEdits));
+    li.classList.toggle("proposed", !!e.proposed && !e.annotated && !(e.s && e.s.edits !== e.s.savedEdits));
     li.classList.toggle("error", !!e.error && !e.annotated);
-    li.title = e.error || (e.annotated ? "annotated" : "not annotated");
+    li.classList.toggle("nolatent", e.latent === false);
+    li.title = [e.error || (e.annotated ? "annotated (reviewed)" : e.proposed ? "proposal saved, not reviewed" : "not annotated"),
+                e.latent === false ? noLatentText(e.name) : ""].filter(Boolean).join(" — ");
   }
-  const done = S.images.filter((e) => e.annotated).length;
-  $("commands").textContent = `${done} of ${S.images.length} annotated. Then:\n` + S.commands.join("\n");
+  const done = S.images.filter((e) => e.annotated).length, proposed = S.images.filter((e) => e.proposed && !e.annotated).length;
+  $("commands").textContent = `${done} of ${S.images.length} annotated (reviewed)` +
+    (proposed ? `, ${proposed} proposal(s) not reviewed` : "") + ". Then:\n" + S.commands.join("\n");
+}
+function noLatentText(name) {
+  return `${name} has no latent in latents.safetensors: train-head cannot use its mask (see the terminal for the fix)`;
 }
 async function go(name) {
   if (!S.byName[name]) return;
@@ -445,7 +546,9 @@ async function go(name) {
   if (S.current !== name) return;
   fit(); render();
   const e = S.byName[name];
-  const hint = proposalFresh() && !e.annotated && e.s.edits === 0 ? " — proposal ready: press P" : "";
+  const hint = e.latent === false ? ` — ${noLatentText(name)}` :
+    e.s.kind === "proposed" ? " — a proposal, not reviewed: correct it, or A accepts it" :
+    proposalFresh() && !e.annotated && e.s.edits === 0 ? " — proposal ready: press P" : "";
   status(`${name} (${e.width}×${e.height})${e.annotated ? " annotated" : ""}${hint}`);
 }
 function step(d) {
@@ -486,24 +589,33 @@ async function start() {
   $("zoom-out").onclick = () => zoomAt(0.8, canvas.clientWidth / 2, canvas.clientHeight / 2);
   $("zoom-fit").onclick = fit;
   $("undo").onclick = () => undo(false); $("redo").onclick = () => undo(true);
-  $("save").onclick = saveAll; $("propose").onclick = propose; $("suggest").onclick = suggestNext;
+  $("save").onclick = saveAll; $("propose").onclick = propose; $("suggest").onclick = suggestNext; $("accept").onclick = accept;
   $("show-uncertain").onchange = () => { S.showUnc = $("show-uncertain").checked; render(); };
   $("add-class").onclick = () => putClasses([...S.classes, {name: `class ${S.classes.length}`}]);
   $("banner-close").onclick = hideBanner;
   window.addEventListener("resize", render);
   renderClasses(); setTool("brush"); showPropose();
   if (S.propose.state === "running") poll();
-  const first = S.images.find((e) => !e.annotated) || S.images[0];
+  const first = S.images.find((e) => !e.annotated && e.latent !== false) || S.images[0];
   await go(first.name);
-  const bad = S.images.filter((e) => e.error);
-  if (bad.length) showError(bad.map((e) => e.error).join(" · "));
+  const bad = S.images.filter((e) => e.error).map((e) => e.error), missing = S.images.filter((e) => e.latent === false);
+  if (st.latents_error) bad.push(st.latents_error);
+  else if (missing.length) bad.push(`${missing.length} image(s) have no latent in latents.safetensors (marked ⚠ in the list): ` +
+                                    `train-head cannot use their masks; the terminal says how to fix it`);
+  if (bad.length) showError(bad.join(" · "));
 }
+
+// A bug in the page is shown, not swallowed: an exception in a tool used to leave a half-done edit
+// that was then saved as if complete.
+window.addEventListener("error", (ev) => showError(`page error: ${ev.message}; the last action may be incomplete — please report it`));
+window.addEventListener("unhandledrejection", (ev) => showError(`page error: ${ev.reason && ev.reason.message || ev.reason}; please report it`));
 
 // For scripts and tests: the view transform and the mask as the page holds it.
 window.annotator = {
   ready: start().catch((err) => { showError(`cannot start: ${err.message}`); throw err; }),
   state: S,
-  go, setView, setTool, selectClass, setSize, saveAll, propose, fit,
+  go, setView, setTool, selectClass, setSize, saveAll, propose, fit, accept,
+  kind: () => session(S.current).kind,
   mask: () => Array.from(session(S.current).mask),
   uncertain: () => (session(S.current).unc ? Array.from(session(S.current).unc) : null),
   imageToClient: (x, y) => { const r = canvas.getBoundingClientRect(); return [r.left + S.panX + x * S.zoom, r.top + S.panY + y * S.zoom]; },

@@ -14,7 +14,8 @@ in-process benchmark are thin adapters over it):
     post(logits, batch, ...) -> [Segmented]  argmax -> labels at the network size, MASK at each photo's
                                         own size (unless full_mask=False), OVERLAY JPEG
     resize_labels(labels, (H, W))   nearest label resize by index arithmetic: MASK from MASK_LOWRES
-    label_png(labels, palette)      indexed PNG bytes, fast compression, palette kept
+                                    (`ganseg.labels.resize_labels`, the one label resize)
+    label_png(labels, palette)      indexed PNG bytes, fast compression, palette kept (`ganseg.labels`)
     overlay_jpeg(image, labels, ...) overlay JPEG bytes at the preview image's size
     ort_session(path, threads=1)    the one ONNX Runtime session factory
     OnnxSegmenter(path)             the whole pipeline in-process with ONNX Runtime
@@ -53,6 +54,9 @@ from PIL import Image
 
 from ganseg.errors import BadInput, UserError
 from ganseg.images import MAX_PIXELS, check_pixel_count, open_photo, resize_rgb
+# the mask format's label resize and PNG encoder are the labels module's (one rule, one encoder);
+# named here too because they are this API's MASK_LOWRES -> MASK step
+from ganseg.labels import MASK_PNG_COMPRESSION, label_png, resize_labels
 
 __all__ = [
     "MAX_PIXELS", "PREVIEW_MAX_SIDE", "REDUCED_MIN_SIDE", "MASK_PNG_COMPRESSION", "INPUT_NAME", "OUTPUT_NAME",
@@ -67,7 +71,6 @@ IMAGE, MASK, OVERLAY = "IMAGE", "MASK", "OVERLAY"  # the entry models' tensors
 # brings them to full size with `resize_labels` (a 12 MP MASK is 12 MB, mostly runs of one value).
 MASK_LOWRES, MASK_SIZE = "MASK_LOWRES", "MASK_SIZE"
 PREVIEW_MAX_SIDE = 1024  # default long side of an OVERLAY (a preview, not a full-size render)
-MASK_PNG_COMPRESSION = 1  # zlib level of mask PNGs: level 1 is ~5x faster than 6, files ~1.3x larger
 # OVERLAY is a picture to look at, not data: JPEG. A 1024x768 overlay encodes in ~3 ms / 128 KiB as
 # JPEG q90 against ~93 ms / 1.5 MB as PNG level 1 (2-core VM); the exact classes are in MASK.
 OVERLAY_JPEG_QUALITY = 90
@@ -293,46 +296,6 @@ def post(logits: np.ndarray, batch: Batch, palette: np.ndarray | None = None, al
             jpeg = overlay_jpeg(pv, resize_labels(lab, pv.shape[:2]), palette, alpha)
         out.append(Segmented(resize_labels(lab, hw) if full_mask else None, jpeg, lab, (int(hw[0]), int(hw[1]))))
     return out
-
-
-def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
-    """Source index of each output pixel for a nearest resize: floor((i + 0.5) * n_in / n_out),
-    the pixel-centre rule of Pillow's NEAREST, in exact integer arithmetic."""
-    return ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in) // (2 * n_out)
-
-
-def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """uint8 [h, w] label map -> [H, W] by nearest neighbour (class indices are never interpolated).
-
-    Index arithmetic, not an image library: upsampling repeats columns on the h small rows, then
-    repeats whole rows (`np.repeat`: the second step is one row copy per output row, i.e. a memcpy
-    of the output). Measured for 64² -> 4000x3000 on the 2-core VM (load ~8): 0.3 ms, against 0.9 ms rows
-    first, ~15 ms `np.take` twice, ~45 ms Pillow NEAREST (whose pixel-centre rounding also differs
-    from this rule by a pixel here and there) and ~80 ms one fancy-index `labels[r[:, None], c]`.
-    Clients that receive MASK_LOWRES + MASK_SIZE call this to get the very bytes of MASK."""
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    h, w = int(hw[0]), int(hw[1])
-    if labels.shape == (h, w):
-        return labels
-    rows, cols = _nearest_index(h, labels.shape[0]), _nearest_index(w, labels.shape[1])
-    if h >= labels.shape[0] and w >= labels.shape[1]:  # indices are sorted: repeat each source column/row
-        out = np.repeat(labels, np.bincount(cols, minlength=labels.shape[1]), axis=1)
-        return np.repeat(out, np.bincount(rows, minlength=labels.shape[0]), axis=0)
-    return labels[rows][:, cols]
-
-
-def label_png(labels: np.ndarray, palette: np.ndarray, compress_level: int = MASK_PNG_COMPRESSION) -> bytes:
-    """Indexed PNG bytes of a label map: pixel value = class index, colours = palette (looks right in
-    a viewer); fast zlib level by default (a 12 MP mask: ~0.1 s instead of ~1.3 s)."""
-    from ganseg.labels import palette_bytes
-
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    h, w = labels.shape
-    im = Image.frombytes("P", (w, h), labels.tobytes())
-    im.putpalette(palette_bytes(palette))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
 
 
 def overlay_jpeg(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,

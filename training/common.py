@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -201,9 +201,14 @@ class Share:
 
     total: int
     index: torch.Tensor | None = None
+    _on: dict = field(default_factory=dict, compare=False, repr=False)  # index per device (no copy per call)
 
     def take(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.index is None else t[self.index.to(t.device)]
+        if self.index is None:
+            return t
+        if t.device not in self._on:
+            self._on[t.device] = self.index.to(t.device)
+        return t[self._on[t.device]]
 
     @property
     def size(self) -> int:

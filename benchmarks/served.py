@@ -18,6 +18,8 @@ composing model's compute time (pre, UNet, post) and the average batch the batch
 pre/post-processing share of served time comes from there.
 
     python benchmarks/served.py [--unet RUN]   # -> results/served.{json,md} + served_perf_analyzer.csv
+    python benchmarks/served.py --real-sizes   # -> results/realsize.{json,md}: camera-size photos, served
+                                               #    as `ganseg client` sends them vs in-process, the goals
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import io
 import json
 import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -411,120 +414,176 @@ def served_rows(unet_file: Path, png: bytes, work: Path, *, points: list[Point] 
 
 
 # --------------------------------------------------------------------------------------------
-# Real photo sizes: served (perf_analyzer) and in-process side by side, against the issue's goals
+# Real photo sizes: served (what `ganseg client` sends) and in-process side by side, against the goals
 
 REAL_OUTPUTS = ("MASK", "MASK + OVERLAY")
-REAL_CONCURRENCY = (1, 4)
-REAL_GOALS = {"12mp_over_128_c1": 4.0, "12mp_img_s_c4": 15.0, "prepost_share_128_mask": 0.25,
-              "http_over_inprocess_c1": 0.85, "served_equal_inprocess": 0.999}
+REAL_GOALS = {"12mp_over_128_c1": 4.0, "12mp_img_s_c4": 15.0, "http_over_inprocess_c1": 0.85,
+              "served_equal_inprocess": 1.0}
 SMALL, HD, BIG = "128² PNG", "1920x1080 JPEG", "4000x3000 JPEG"
-
-
-def real_size_points(inputs, concurrency=REAL_CONCURRENCY) -> list[Point]:
-    """`ganseg_segment` (BLS) per input x outputs: gRPC at each concurrency, HTTP at concurrency 1 with
-    every output (perf_analyzer 2.40 sends request parameters over gRPC only, so no MASK-only HTTP)."""
-    return [Point(ENTRY_BLS, proto, c, 1, name, "bls", outputs)
-            for name in inputs for outputs in REAL_OUTPUTS
-            for proto, c in [("grpc", c) for c in concurrency] + ([("http", 1)] if outputs != "MASK" else [])]
-
-
 ENTRY_BLS = "ganseg_segment"
+MODES = ("in-process", "gRPC c=1", "HTTP c=1")
 
 
-def _served_masks_agree(server, onnx_path: Path, photos: dict[str, bytes]) -> dict[str, float]:
-    """Per input: share of MASK pixels equal to the in-process pipeline's (`OnnxSegmenter`)."""
-    import numpy as np
-    import tritonclient.grpc as grpcclient
+def _inprocess_call(sess, spec, data: bytes, overlay: bool, stages: dict[str, list[float]]) -> Callable[[], None]:
+    """One photo through the served code in-process (`ganseg.pipeline.pre` -> ONNX Runtime ->
+    `ganseg.pipeline.post`), to the same deliverable as a served request: the mask at the photo's
+    own size (+ the OVERLAY JPEG)."""
+    from ganseg import pipeline as P
 
-    from ganseg.pipeline import OnnxSegmenter
+    preview = P.PREVIEW_MAX_SIDE if overlay else 0
 
-    seg = OnnxSegmenter(onnx_path)
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    out = {}
-    for name, data in photos.items():
-        inp = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[data]], dtype=object))
-        mask = client.infer(ENTRY_BLS, [inp], outputs=[grpcclient.InferRequestedOutput("MASK")],
-                            client_timeout=120).as_numpy("MASK")[0]
-        out[name] = float((mask == seg.segment([data])[0]).mean())
-    client.close()
+    def call():
+        t0 = time.perf_counter()
+        b = P.pre([data], spec.input_size, preview=preview)
+        t1 = time.perf_counter()
+        logits = sess.run([spec.output_name], {spec.input_name: b.x})[0]
+        t2 = time.perf_counter()
+        P.post(logits, b, spec.palette)
+        t3 = time.perf_counter()
+        for k, x, y in (("pre", t0, t1), ("net", t1, t2), ("post", t2, t3)):
+            stages[k].append(y - x)
+    return call
+
+
+def _pooled(chunks: list[dict]) -> dict:
+    """Latency percentiles and img/s over several chunks (img/s: requests over the summed wall time)."""
+    from ganseg.serving.client import summarize
+
+    lat = [x for c in chunks for x in c["latencies_s"]]
+    out = summarize(lat, sum(c["wall_s"] for c in chunks))
+    out["errors"] = sum(c.get("errors", 0) for c in chunks)
     return out
 
 
-def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: int = 1,
-                      settings: PerfSettings | None = None, concurrency=REAL_CONCURRENCY, inprocess_repeats: int = 5,
-                      log: Callable[[str], None] = print) -> dict:
-    """128² PNG, 1920x1080 JPEG and 4000x3000 JPEG through the served BLS entry point (perf_analyzer,
-    MASK only and MASK + OVERLAY) and through the same `ganseg.pipeline` in-process, in one run;
-    returns rows, the side-by-side table, the goals and their markdown."""
-    from inprocess import pipeline_rows, real_size_inputs
+def _served_masks_agree(server, sess, spec, photos: dict[str, bytes]) -> dict[str, dict[str, float]]:
+    """Per input and mask transport: the share of mask pixels equal to the in-process pipeline's
+    (1.0 = the same bytes). "lowres": what `ganseg client` asks for by default (MASK_LOWRES +
+    MASK_SIZE, expanded by the client); "raw": the MASK tensor."""
+    from ganseg import pipeline as P
+    from ganseg.serving.client import connect, infer_once
 
-    settings = settings or PerfSettings()
-    photos = real_size_inputs()
-    points = real_size_points(photos, concurrency)
-    tool = perf_analyzer_path()
-    version, why = perf_analyzer_version(tool)
-    rows: list[dict] = []
-    parts: list = []
-    meta: dict = {}
-    agree: dict = {}
-    if version is None:
-        rows = [absent(why, **p.key) for p in points]
-    else:
-        from ganseg.export.triton_repository import ServingConfig, build_repository
-        from ganseg.serving.server import TritonServer
-
-        repo, csv_dir = work / "repo", work / "csv"
-        csv_dir.mkdir(parents=True, exist_ok=True)
-        cfg = ServingConfig()
-        build_repository(repo, unet=unet_file, pipeline="bls", cfg=cfg)
-        inputs = {}
+    out = {}
+    for protocol in ("grpc", "http"):
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        client = connect(url, protocol, ENTRY_BLS, timeout=120)
         for name, data in photos.items():
-            inputs[name] = work / f"input_{_slug(name)}.json"
-            inputs[name].write_text(json.dumps(_bytes_doc(data)))
-        with TritonServer(repo, log_path=work / "server.log") as server:
-            with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as r:
-                meta = json.loads(r.read())
-            log(f"  tritonserver {meta.get('version')} (BLS repository); perf_analyzer {version}")
-            warm_up(server, [(ENTRY_BLS, name) for name in photos], inputs, tool, settings)
-            run_points(points, server, inputs, settings, csv_dir, tool, rows, parts, log,
-                       lambda pt: f"{pt.input_kind:15s} {pt.outputs:15s} {pt.protocol:4s} c={pt.concurrency}",
-                       lambda row: f"p50 {row['p50_ms']:8.1f} ms  {row['img_per_s']:7.1f} img/s  pre/post "
-                                   f"{100 * (row.get('prepost_share_of_compute') or 0):.0f} % of compute")
-            agree = _served_masks_agree(server, onnx_path, photos)
-    inproc = []
-    for name, data in photos.items():
-        for outputs in REAL_OUTPUTS:
-            inproc += pipeline_rows(onnx_path, data, batches=[1], threads=threads, overlay=outputs != "MASK",
-                                    input_name=name, repeats=inprocess_repeats, min_seconds=1.0, log=log)
-    summary = real_size_summary(rows, inproc, photos)
+            b = P.pre([data], spec.input_size)
+            want = P.post(sess.run([spec.output_name], {spec.input_name: b.x})[0], b)[0].mask
+            for mask in ("lowres", "raw"):
+                got, _ = infer_once(client, protocol, ENTRY_BLS, data, overlay=False, timeout=120, mask=mask)
+                out[f"{name}, {protocol}, {mask}"] = float((got == want).mean()) if got.shape == want.shape else 0.0
+        client.close()
+    return out
+
+
+def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: int = 1, cfg=None,
+                      rounds: int = 3, chunk_s: float = 0.5, c4_requests: int = 32, settings=None,
+                      log: Callable[[str], None] = print) -> dict:
+    """128² PNG, 1920x1080 JPEG and 4000x3000 JPEG, MASK and MASK + OVERLAY: in-process and served
+    at concurrency 1 over gRPC and HTTP measured in alternating chunks (in-process, gRPC, HTTP,
+    in-process, ...: a shared machine's load drifts hit all three alike), then gRPC at concurrency
+    4, and the raw MASK transport for comparison; returns rows, the side-by-side table, the goals
+    and their markdown.
+
+    Served requests are what `ganseg client` sends (`ganseg.serving.client.infer_once`, one client
+    and connection per thread, kept alive): one encoded photo, MASK_LOWRES + MASK_SIZE (+ OVERLAY),
+    the mask expanded to the photo's size inside the timed call, so both sides deliver the same
+    thing. perf_analyzer is not used here: it always asks for every output (12 MB of raw MASK for a
+    12 MP photo) and sends no request parameters over HTTP. `settings` is accepted for the callers of
+    the perf_analyzer sections and unused."""
+    from inprocess import real_size_inputs
+    from triton_load import latency_run
+
+    from ganseg import pipeline as P
+    from ganseg.export.triton_repository import ServingConfig, build_repository
+    from ganseg.serving.server import TritonServer
+
+    photos = real_size_inputs()
+    cfg = cfg or ServingConfig()
+    repo = build_repository(work / "repo", onnx=onnx_path, pipeline="bls", cfg=cfg)
+    sess = P.ort_session(onnx_path, threads)
+    spec = P.UNetSpec.from_metadata(sess.get_modelmeta().custom_metadata_map, str(onnx_path))
+    rows: list[dict] = []
+    load_start = os.getloadavg()[0]
+    with TritonServer(repo, log_path=work / "server.log") as server:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as r:
+            meta = json.loads(r.read())
+        urls = {"grpc": server.grpc_url, "http": server.http_url}
+        log(f"  tritonserver {meta.get('version')} (BLS repository, shipped defaults); load {load_start:.1f}")
+        for data in photos.values():  # warm-up: stubs, ORT, connections
+            for proto in urls:
+                latency_run(urls[proto], proto, ENTRY_BLS, data, 1, 3, warmup=0, overlay=True, mask="lowres")
+        for name, data in photos.items():
+            for outputs in REAL_OUTPUTS:
+                overlay = outputs != "MASK"
+                stages: dict[str, list[float]] = {"pre": [], "net": [], "post": []}
+                call = _inprocess_call(sess, spec, data, overlay, stages)
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    call()
+                n = max(4, min(60, int(chunk_s / ((time.perf_counter() - t0) / 3))))
+                for v in stages.values():
+                    v.clear()
+                chunks: dict[str, list[dict]] = {m: [] for m in MODES}
+                for _ in range(rounds):
+                    lat = []
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        t = time.perf_counter()
+                        call()
+                        lat.append(time.perf_counter() - t)
+                    chunks["in-process"].append({"latencies_s": lat, "wall_s": time.perf_counter() - t0})
+                    for proto, mode in (("grpc", "gRPC c=1"), ("http", "HTTP c=1")):
+                        chunks[mode].append(latency_run(urls[proto], proto, ENTRY_BLS, data, 1, n, warmup=1,
+                                                        overlay=overlay, keep_latencies=True, mask="lowres"))
+                c4 = latency_run(urls["grpc"], "grpc", ENTRY_BLS, data, 4, c4_requests, warmup=4, overlay=overlay,
+                                 keep_latencies=True, mask="lowres")
+                stage_ms = {k: 1e3 * statistics.median(v) for k, v in stages.items()}
+                for mode in MODES:
+                    rows.append({"input": name, "outputs": outputs, "mode": mode, "transport": "lowres",
+                                 "status": "ok", **_pooled(chunks[mode]),
+                                 **({"stage_ms": stage_ms} if mode == "in-process" else {})})
+                rows.append({"input": name, "outputs": outputs, "mode": "gRPC c=4", "transport": "lowres",
+                             "status": "ok", **_pooled([c4])})
+                log("  " + "  ".join(f"{name} {outputs} {r['mode']}: p50 {r['p50_ms']:.1f} ms {r['img_per_s']:.1f} img/s"
+                                     for r in rows[-4:]))
+            raw = latency_run(urls["grpc"], "grpc", ENTRY_BLS, data, 1, max(4, n), warmup=1, overlay=True,
+                              keep_latencies=True, mask="raw")
+            rows.append({"input": name, "outputs": "MASK + OVERLAY", "mode": "gRPC c=1", "transport": "raw",
+                         "status": "ok", **_pooled([raw])})
+            log(f"  {name} raw MASK transport gRPC c=1: p50 {rows[-1]['p50_ms']:.1f} ms {rows[-1]['img_per_s']:.1f} img/s")
+        agree = _served_masks_agree(server, sess, spec, photos)
+    summary = real_size_summary(rows, photos)
     goals = real_size_goals(summary, agree)
-    return {"rows": rows, "inprocess_rows": inproc, "summary": summary, "goals": goals, "mask_agreement": agree,
-            "input_bytes": {k: len(v) for k, v in photos.items()}, "csv": merge_csv(parts),
-            "perf_analyzer": version, "tritonserver": meta.get("version"), "threads": threads,
-            "markdown": real_size_markdown(summary, goals, {k: len(v) for k, v in photos.items()})}
+    sizes = {k: len(v) for k, v in photos.items()}
+    return {"rows": rows, "summary": summary, "goals": goals, "mask_agreement": agree, "input_bytes": sizes,
+            "csv": "", "tritonserver": meta.get("version"), "threads": threads, "serving_config": cfg.__dict__,
+            "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0], "rounds": rounds,
+            "markdown": real_size_markdown(summary, goals, sizes, load_start, os.getloadavg()[0])}
 
 
-def real_size_summary(rows: list[dict], inproc: list[dict], photos) -> list[dict]:
-    """One line per input x outputs: served figures at each point beside the in-process pipeline's."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+def real_size_summary(rows: list[dict], photos) -> list[dict]:
+    """One line per input x outputs: in-process, gRPC c=1, HTTP c=1, gRPC c=4 (compact transport),
+    and the raw MASK transport at gRPC c=1 on the MASK + OVERLAY lines."""
     out = []
     for name in photos:
         for outputs in REAL_OUTPUTS:
-            pick = {(r["protocol"], r["concurrency"]): r for r in ok if r["input"] == name and r.get("outputs") == outputs}
-            ip = next((r for r in inproc if r.get("input") == name and r.get("outputs") == outputs
-                       and r.get("status") == "ok"), None)
-            g1, g4, h1 = pick.get(("grpc", 1)), pick.get(("grpc", 4)), pick.get(("http", 1))
+            pick = {(r["mode"], r["transport"]): r for r in rows
+                    if r["input"] == name and r["outputs"] == outputs and r.get("status") == "ok"}
+            ip, g1, h1, g4 = (pick.get((m, "lowres")) for m in (*MODES, "gRPC c=4"))
+            raw = pick.get(("gRPC c=1", "raw"))
             line = {"input": name, "outputs": outputs,
+                    "inprocess_p50_ms": ip and ip["p50_ms"], "inprocess_img_s": ip and ip["img_per_s"],
+                    "inprocess_stage_ms": ip and ip.get("stage_ms"),
                     "grpc_c1_p50_ms": g1 and g1["p50_ms"], "grpc_c1_img_s": g1 and g1["img_per_s"],
-                    "grpc_c4_p50_ms": g4 and g4["p50_ms"], "grpc_c4_img_s": g4 and g4["img_per_s"],
                     "http_c1_p50_ms": h1 and h1["p50_ms"], "http_c1_img_s": h1 and h1["img_per_s"],
-                    "served_prepost_share_c1": g1 and g1.get("prepost_share_of_compute"),
-                    "served_prepost_ms_c1": g1 and g1.get("prepost_ms"), "served_net_ms_c1": g1 and g1.get("net_ms"),
-                    "inprocess_ms": ip and ip["median_ms"], "inprocess_img_s": ip and ip["img_s"],
-                    "inprocess_stage_ms": ip and ip["stage_ms"], "inprocess_prepost_share": ip and ip["prepost_share"]}
-            line["http_over_inprocess_c1"] = (line["http_c1_img_s"] / line["inprocess_img_s"]
-                                              if line["http_c1_img_s"] and line["inprocess_img_s"] else None)
+                    "grpc_c4_p50_ms": g4 and g4["p50_ms"], "grpc_c4_img_s": g4 and g4["img_per_s"],
+                    "raw_grpc_c1_p50_ms": raw and raw["p50_ms"], "raw_grpc_c1_img_s": raw and raw["img_per_s"]}
+            for proto in ("grpc", "http"):
+                a, b = line[f"{proto}_c1_img_s"], line["inprocess_img_s"]
+                line[f"{proto}_over_inprocess_c1"] = a / b if a and b else None
+            st = line["inprocess_stage_ms"]
+            line["inprocess_prepost_share"] = (st["pre"] + st["post"]) / sum(st.values()) if st else None
             out.append(line)
     return out
 
@@ -538,31 +597,30 @@ def real_size_goals(summary: list[dict], agree: dict[str, float]) -> list[dict]:
         met = None if value is None else (value >= target if higher else value <= target)
         goals.append({"goal": goal, "value": value, "target": target, "met": met, "figures": figures})
 
+    def f(v):
+        return float("nan") if v is None else v
+
     small, big = by.get((SMALL, "MASK + OVERLAY"), {}), by.get((BIG, "MASK + OVERLAY"), {})
     a, b = big.get("grpc_c1_p50_ms"), small.get("grpc_c1_p50_ms")
     add("4000x3000 JPEG, MASK + OVERLAY, concurrency 1: cost ≤ 4x a 128² PNG (p50 latency ratio)",
         a / b if a and b else None, REAL_GOALS["12mp_over_128_c1"], False,
-        f"gRPC p50 {a or float('nan'):.1f} ms vs {b or float('nan'):.1f} ms")
+        f"gRPC p50 {f(a):.1f} ms vs {f(b):.1f} ms")
     for outputs in REAL_OUTPUTS:
         v = by.get((BIG, outputs), {}).get("grpc_c4_img_s")
         add(f"4000x3000 JPEG at concurrency 4, {outputs}: ≥ 15 img/s", v, REAL_GOALS["12mp_img_s_c4"], True,
-            "gRPC, perf_analyzer")
-    s = by.get((SMALL, "MASK"), {})
-    add("128² PNG, MASK only: pre/post ≤ 25 % of server compute", s.get("served_prepost_share_c1"),
-        REAL_GOALS["prepost_share_128_mask"], False,
-        f"gRPC c=1, server statistics: pre+post {s.get('served_prepost_ms_c1') or float('nan'):.2f} ms, "
-        f"network {s.get('served_net_ms_c1') or float('nan'):.2f} ms")
-    for line in (x for x in summary if x["outputs"] != "MASK"):  # HTTP rows ask for every output
+            "gRPC, closed loop, 4 clients")
+    for line in (x for x in summary if x["outputs"] != "MASK"):
         add(f"HTTP c=1 ÷ in-process, {line['input']}, {line['outputs']}: ≥ 0.85", line["http_over_inprocess_c1"],
             REAL_GOALS["http_over_inprocess_c1"], True,
-            f"{line['http_c1_img_s'] or float('nan'):.1f} vs {line['inprocess_img_s'] or float('nan'):.1f} img/s")
-    for name, v in agree.items():
-        add(f"served MASK = in-process, {name}: ≥ 99.9 % of pixels", v, REAL_GOALS["served_equal_inprocess"], True,
-            "one request per input after the timed runs")
+            f"{f(line['http_c1_img_s']):.1f} vs {f(line['inprocess_img_s']):.1f} img/s")
+    for key, v in agree.items():
+        add(f"served mask = in-process, {key}: 100 % of pixels", v, REAL_GOALS["served_equal_inprocess"], True,
+            "one request per input and transport after the timed runs")
     return goals
 
 
-def real_size_markdown(summary: list[dict], goals: list[dict], sizes: dict[str, int]) -> str:
+def real_size_markdown(summary: list[dict], goals: list[dict], sizes: dict[str, int], load_start: float | None = None,
+                       load_end: float | None = None) -> str:
     def f(v, d=1):
         return "–" if v is None else f"{v:.{d}f}"
 
@@ -570,21 +628,24 @@ def real_size_markdown(summary: list[dict], goals: list[dict], sizes: dict[str, 
         return "–" if v is None else f"{100 * v:.0f} %"
 
     text = markdown_table(
-        ["input", "outputs", "gRPC c=1 p50 ms", "gRPC c=1 img/s", "gRPC c=4 img/s", "HTTP c=1 img/s",
-         "in-process img/s", "HTTP ÷ in-process", "served pre/post share (c=1)", "in-process pre / net / post ms",
-         "in-process pre/post share"],
-        [[s["input"], s["outputs"], f(s["grpc_c1_p50_ms"]), f(s["grpc_c1_img_s"]), f(s["grpc_c4_img_s"]),
-          f(s["http_c1_img_s"]), f(s["inprocess_img_s"]), f(s["http_over_inprocess_c1"], 2),
-          pct(s["served_prepost_share_c1"]),
+        ["input", "outputs", "in-process img/s", "gRPC c=1 p50 ms", "gRPC c=1 img/s", "HTTP c=1 img/s",
+         "gRPC ÷ in-process", "HTTP ÷ in-process", "gRPC c=4 img/s", "raw MASK: gRPC c=1 p50 ms",
+         "in-process pre / net / post ms", "in-process pre/post share"],
+        [[s["input"], s["outputs"], f(s["inprocess_img_s"]), f(s["grpc_c1_p50_ms"]), f(s["grpc_c1_img_s"]),
+          f(s["http_c1_img_s"]), f(s["grpc_over_inprocess_c1"], 2), f(s["http_over_inprocess_c1"], 2),
+          f(s["grpc_c4_img_s"]), f(s["raw_grpc_c1_p50_ms"]),
           " / ".join(f(s["inprocess_stage_ms"][k]) for k in ("pre", "net", "post")) if s["inprocess_stage_ms"] else "–",
           pct(s["inprocess_prepost_share"])] for s in summary],
-        numeric=[False, False] + [True] * 9)
-    text += ("\nServed: `ganseg_segment` (BLS, shipped serving defaults), one encoded photo per request, "
-             "perf_analyzer (it requests every output; MASK-only rows send the request parameter "
-             "`overlay_max_side=0`). In-process: `ganseg.pipeline.pre` -> ONNX Runtime -> `ganseg.pipeline.post` "
-             "at batch 1, the same threads as the served UNet. Pre/post share: (pre + post) ÷ (pre + post + "
-             "network) compute, from the server's statistics / the in-process stage timings. Input sizes: "
-             + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()) + ".\n\n")
+        numeric=[False, False] + [True] * 10)
+    load = "" if load_start is None else f" 1-min load average {load_start:.1f} at the start, {f(load_end)} at the end."
+    text += ("\nServed: `ganseg_segment` (BLS, the shipped serving defaults), requests as `ganseg client` sends them: "
+             "one encoded photo, MASK_LOWRES + MASK_SIZE (+ OVERLAY), the mask expanded to the photo's size by the "
+             "client inside the timed call; one kept-alive connection per client thread. In-process: "
+             "`ganseg.pipeline.pre` -> ONNX Runtime -> `ganseg.pipeline.post` (the mask at the photo's size), the "
+             "same threads as the served UNet. Concurrency-1 rows alternate in-process, gRPC and HTTP chunks; img/s "
+             "= requests ÷ wall time. raw MASK: the same MASK + OVERLAY request asking for the full-size MASK "
+             "tensor instead. Input sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
+             + "." + load + "\n\n")
     text += markdown_table(["goal", "measured", "target", "result", "from"],
                            [[g["goal"], f(g["value"], 3), f"{g['target']:g}",
                              "–" if g["met"] is None else "met" if g["met"] else "**not met**", g["figures"]]
@@ -625,8 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--real-sizes", action="store_true",
-                    help="only the real-size rows (128² PNG, 1920x1080 and 4000x3000 JPEG; served vs in-process) "
-                         "-> results/realsize.{json,md}")
+                    help="only the real-size rows (128² PNG, 1920x1080 and 4000x3000 JPEG; served as `ganseg client` "
+                         "sends them vs in-process, against the goals) -> results/realsize.{json,md}")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="--real-sizes: alternating in-process / gRPC / HTTP chunks (~0.5 s each) per row")
     args = ap.parse_args(argv)
     from ganseg.unet import save_unet
 
@@ -659,19 +722,18 @@ def _real_size_main(args) -> int:
     from ganseg.unet import save_unet
 
     unet, about = bench_unet(args.unet)
+    env0 = environment()
     with tempfile.TemporaryDirectory(prefix="ganseg-realsize-") as tmp:
         tmp = Path(tmp)
         save_unet(unet, tmp / "unet.safetensors", unet.class_names, extra=dict(unet.meta))
         sec = real_size_section(tmp / "unet.safetensors", export_for_bench(unet, tmp), tmp,
-                                threads=ServingConfig().ort_threads,
-                                settings=PerfSettings(requests_per_window=args.requests_per_window))
-    env = environment(tritonserver=sec.get("tritonserver"), perf_analyzer=sec.get("perf_analyzer"))
+                                threads=ServingConfig().ort_threads, rounds=args.rounds)
+    env = environment(tritonserver=sec.get("tritonserver"), load_avg_at_start=env0["load_avg_1_5_15"])
     out = Path(args.out)
-    csv_text = sec.pop("csv")
-    if csv_text:
-        write_text(out / "realsize_perf_analyzer.csv", csv_text)
+    sec.pop("csv")
     write_json(out / "realsize.json", {"environment": env, "unet": about, **sec})
-    write_text(out / "realsize.md", environment_markdown(env) + f"\nUNet: {about}.\n\n" + sec["markdown"])
+    write_text(out / "realsize.md", environment_markdown(env) + f"\nUNet: {about}. Command: `python "
+               f"benchmarks/served.py --real-sizes --rounds {args.rounds}`.\n\n" + sec["markdown"])
     print(sec["markdown"])
     return 0
 

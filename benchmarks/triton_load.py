@@ -190,6 +190,7 @@ def knob_variants() -> dict[str, tuple[ServingConfig, list[str]]]:
         "inline, 4 entry, delay 0": (ServingConfig(**{**inline, "instances": 4}), []),
         "inline, 2 entry, delay 500 us": (ServingConfig(**{**inline, "queue_delay_us": 500}), []),
         "inline, 2 entry, no dynamic batching": (ServingConfig(**inline, dynamic_batching=False), []),
+        "inline, 4 entry, no dynamic batching": (ServingConfig(**{**inline, "instances": 4}, dynamic_batching=False), []),
         "inline, 4 entry, rate limiter (2 executions)": (ServingConfig(**{**inline, "instances": 4}, rate_limiter=True),
                                                          RATE_LIMIT_ARGS),
     }
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: Triton's scale knobs (instances, dynamic batching, queue delay, rate limiter, "
                         "inline UNet) at concurrency 1..16 -> results/triton_knobs.{json,md}")
     p.add_argument("--per-level", type=int, default=24, help="--knobs: timed requests per variant and level (min 4 x c)")
+    p.add_argument("--rounds", type=int, default=2, help="--knobs: round-robin passes per level")
     p.add_argument("--concurrency", default=",".join(map(str, KNOB_CONCURRENCY)), help="--knobs: levels")
     p.add_argument("--variants", nargs="*", default=None, help="--knobs: only these variants (by name)")
     p.add_argument("--out", default=None, help="JSON file (default runs/serving_bench.json; --knobs: results/triton_knobs.json)")
@@ -305,12 +307,14 @@ def _knobs_main(args, onnx: Path, tmp: Path, about: str) -> int:
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants}
     env0 = environment()
-    rows = knob_sweep(onnx, tmp, inputs, [int(c) for c in args.concurrency.split(",")], variants, args.per_level)
+    rows = knob_sweep(onnx, tmp, inputs, [int(c) for c in args.concurrency.split(",")], variants, args.per_level,
+                      args.rounds)
     env = environment(load_avg_at_start=env0["load_avg_1_5_15"])
     out = Path(args.out) if args.out else RESULTS / "triton_knobs.json"
     write_json(out, {"environment": env, "unet": about, "rows": rows})
+    picked = f" --variants {' '.join(repr(v) for v in variants)}" if args.variants else ""
     md = (environment_markdown(env) + f"\nUNet: {about}. Command: `python benchmarks/triton_load.py --knobs"
-          f" --per-level {args.per_level}`. Each request: gRPC, one photo, MASK_LOWRES + MASK_SIZE + OVERLAY "
+          f" --per-level {args.per_level} --rounds {args.rounds}{picked}`. Each request: gRPC, one photo, MASK_LOWRES + MASK_SIZE + OVERLAY "
           f"(what `ganseg client` sends), the mask expanded to full size inside the timed call; all variants' "
           f"servers up at once and measured round-robin per level. Rate limiter rows run the server with "
           f"`{' '.join(RATE_LIMIT_ARGS)}`.\n" + knob_markdown(rows))

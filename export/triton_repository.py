@@ -56,6 +56,10 @@ from ganseg.serving.triton_models import {cls} as TritonPythonModel  # noqa: F40
 '''
 
 
+# On CPU the knob rows chose the inline UNet (benchmarks/results/triton_knobs.md, docs/serving.md)
+CPU_INLINE_UNET = True
+
+
 @dataclass
 class ServingConfig:
     """Batching and threading knobs (defaults measured on a 2-core CPU: docs/serving.md)."""
@@ -63,18 +67,34 @@ class ServingConfig:
     max_batch: int = 8              # images per execution of the entry models (and per request)
     unet_max_batch: int = 16        # images per ONNX Runtime run
     preferred_batch: list[int] = field(default_factory=lambda: [4, 8])
-    queue_delay_us: int = 500       # how long the dynamic batcher waits to fill a batch
+    queue_delay_us: int = 0         # how long the dynamic batcher waits to fill a batch (0: what is queued)
     unet_queue_delay_us: int = 0    # ganseg_unet's batcher (BLS already hands it whole batches)
     instances: int = 2              # instances of each Python entry/pre/post model (2: see docs/serving.md)
     unet_instances: int = 1         # instances of ganseg_unet (each a process with its own ORT session)
     ort_threads: int = 1            # ONNX Runtime intra-op threads per ganseg_unet instance (and per inline session)
-    inline_unet: bool = False       # cpu target: each entry instance runs the UNet itself (no BLS hop)
-    dynamic_batching: bool = True   # off: every request executes alone (measured in benchmarks/triton_load.py)
+    # None = what the measurements chose for the target (`resolved`, docs/serving.md "How the defaults
+    # were chosen"): on CPU the BLS entry models run the UNet themselves
+    inline_unet: bool | None = None  # each BLS entry instance runs the UNet with its own ORT session (cpu only)
+    dynamic_batching: bool = True   # the BLS entry models' batcher (off: each request executes alone)
     rate_limiter: bool = False      # each instance needs one RATE_RESOURCE to execute (with the server's
                                     # --rate-limit=execution_count --rate-limit-resource=ganseg_cpu:N)
     max_pixels: int = P.MAX_PIXELS   # the one photo-size limit (ganseg.pipeline.MAX_PIXELS)
     overlay_alpha: float = 0.5
     overlay_max_side: int = P.PREVIEW_MAX_SIDE  # OVERLAY's long side (a request parameter overrides it)
+
+    def resolved(self, target: str = "cpu", pipeline: str = "bls") -> "ServingConfig":
+        """A copy with `inline_unet` decided: an explicit value kept, None replaced by the measured
+        choice for `target` (CPU: the inline UNet, from the knob rows in
+        benchmarks/results/triton_knobs.md; GPU targets: the BLS call to ganseg_unet, whose own
+        batcher groups the calls of every entry instance). Explicit `inline_unet` with a GPU target
+        or the ensemble pipeline is a UserError (the inline UNet is ONNX Runtime on CPU in BLS)."""
+        from dataclasses import replace
+
+        if self.inline_unet and (target != "cpu" or pipeline == "ensemble"):
+            raise UserError(f"--inline-unet runs the UNet inside the BLS entry models with ONNX Runtime on CPU; "
+                            f"drop it for --target {target} / --pipeline {pipeline}")
+        cpu = target == "cpu" and pipeline != "ensemble"
+        return replace(self, inline_unet=CPU_INLINE_UNET if cpu and self.inline_unet is None else bool(self.inline_unet))
 
     def check(self) -> None:
         for name in ("max_batch", "unet_max_batch", "instances", "unet_instances", "ort_threads", "max_pixels",
@@ -176,7 +196,7 @@ def unet_config(spec: UNetSpec, cfg: ServingConfig, target: str, precision: str 
     _tensor(c.input, P.INPUT_NAME, "TYPE_FP32", [3, s, s])
     _tensor(c.output, P.OUTPUT_NAME, "TYPE_FP32", [k, s, s])
     _instances(c, cfg.unet_instances, "KIND_CPU" if target == "cpu" else "KIND_GPU", cfg.rate_limiter)
-    _batching(c, [], cfg.unet_queue_delay_us, cfg.dynamic_batching)
+    _batching(c, [], cfg.unet_queue_delay_us)  # BLS calls from every entry instance and ensemble steps meet here
     if target == "cpu":
         _params(c, {"onnx_file": "model.onnx", "ort_threads": str(cfg.ort_threads)})
     elif target == "onnxruntime-gpu":
@@ -206,7 +226,7 @@ def pre_config(kind: str, spec: UNetSpec, cfg: ServingConfig) -> str:
     _tensor(c.output, "size", "TYPE_INT32", [2])
     _tensor(c.output, "preview", "TYPE_UINT8", [-1, -1, 3])
     _instances(c, cfg.instances, rate_limited=cfg.rate_limiter)
-    _batching(c, cfg.preferred_batch, cfg.queue_delay_us, cfg.dynamic_batching)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
     _params(c, _common_params(spec, cfg, kind))
     return _text(c)
 
@@ -219,7 +239,7 @@ def post_config(spec: UNetSpec, cfg: ServingConfig) -> str:
     _tensor(c.input, "preview", "TYPE_UINT8", [-1, -1, 3], ragged=True)
     _entry_outputs(c, spec)
     _instances(c, cfg.instances, rate_limited=cfg.rate_limiter)
-    _batching(c, cfg.preferred_batch, cfg.queue_delay_us, cfg.dynamic_batching)
+    _batching(c, cfg.preferred_batch, cfg.queue_delay_us)
     _params(c, _common_params(spec, cfg, "bytes"))
     return _text(c)
 
@@ -244,9 +264,7 @@ def repository_files(spec: UNetSpec, cfg: ServingConfig, target: str = "cpu", pi
     """Relative path -> text of every config and model.py (the weights are added by build_repository)."""
     if pipeline not in PIPELINES:
         raise UserError(f"--pipeline {pipeline!r}: use one of {', '.join(PIPELINES)}")
-    if cfg.inline_unet and (target != "cpu" or pipeline == "ensemble"):
-        raise UserError(f"--inline-unet runs the UNet inside the BLS entry models with ONNX Runtime on CPU; "
-                        f"drop it for --target {target} / --pipeline {pipeline}")
+    cfg = cfg.resolved(target, pipeline)
     files = {f"{UNET}/config.pbtxt": unet_config(spec, cfg, target, precision)}
     if target == "cpu":
         files[f"{UNET}/1/model.py"] = MODEL_PY.format(cls="UNetOnnx")
@@ -291,6 +309,7 @@ def build_repository(repo: str | Path, unet: str | Path | None = None, onnx: str
     repo = _check_repo_dir(Path(repo))
     if target not in TARGETS:
         raise UserError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+    cfg.resolved(target, pipeline)  # a knob that does not fit the target: refused before the export
     if target == "tensorrt":
         if plan is None:
             raise UserError("--target tensorrt needs --plan ENGINE: build it on the serving GPU with "
@@ -332,7 +351,7 @@ def build_repository(repo: str | Path, unet: str | Path | None = None, onnx: str
         stale.unlink()
     for rel, text in files.items():
         write_atomic(repo / rel, text.encode())
-    record = {"target": target, "pipeline": pipeline, "serving": asdict(cfg),
+    record = {"target": target, "pipeline": pipeline, "serving": asdict(cfg.resolved(target, pipeline)),
               "onnx_sha256": meta.get("source_sha256"), "class_names": spec.class_names,
               "input_size": spec.input_size, "precision": meta.get("precision")}
     write_atomic(repo / MARKER, (json.dumps(record, indent=1) + "\n").encode())
@@ -366,8 +385,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unet-instances", type=int, default=d.unet_instances, help="instances of ganseg_unet")
     p.add_argument("--ort-threads", type=int, default=d.ort_threads, help="ONNX Runtime threads per UNet instance")
     p.add_argument("--inline-unet", action=argparse.BooleanOptionalAction, default=d.inline_unet,
-                   help="cpu target: each BLS entry instance runs the UNet with its own ONNX Runtime session "
-                        "instead of calling ganseg_unet (no BLS hop)")
+                   help="each BLS entry instance runs the UNet with its own ONNX Runtime session instead of "
+                        "calling ganseg_unet (no BLS hop; cpu only; default: on for --target cpu)")
+    p.add_argument("--dynamic-batching", action=argparse.BooleanOptionalAction, default=d.dynamic_batching,
+                   help="the BLS entry models' dynamic batcher (--no-dynamic-batching: each request executes "
+                        "alone; on 2 CPU cores within the noise of batching, docs/serving.md)")
+    p.add_argument("--rate-limiter", action="store_true",
+                   help=f"each instance needs one '{RATE_RESOURCE}' resource to execute; takes effect only with "
+                        f"tritonserver --rate-limit=execution_count --rate-limit-resource={RATE_RESOURCE}:N")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest photo accepted (pixels)")
     p.add_argument("--overlay-max-side", type=int, default=d.overlay_max_side,
                    help="long side of the OVERLAY preview (requests may override it)")
@@ -378,7 +403,9 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
                          preferred_batch=list(args.preferred_batch), queue_delay_us=args.queue_delay_us,
                          unet_queue_delay_us=args.unet_queue_delay_us,
                          instances=args.instances, unet_instances=args.unet_instances,
-                         ort_threads=args.ort_threads, inline_unet=args.inline_unet, max_pixels=args.max_pixels,
+                         ort_threads=args.ort_threads, inline_unet=args.inline_unet,
+                         dynamic_batching=args.dynamic_batching, rate_limiter=args.rate_limiter,
+                         max_pixels=args.max_pixels,
                          overlay_max_side=args.overlay_max_side)
 
 

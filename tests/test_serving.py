@@ -123,7 +123,8 @@ def repo(tmp_path_factory) -> Path:
         unet.head.weight.div_(sd[:, None, None, None])
         unet.head.bias.sub_(mu).div_(sd)
     save_unet(unet, d / "run" / "unet.safetensors", list(CLASS_NAMES), extra={"resolution": 64})
-    # the BLS call to ganseg_unet (what GPU repositories use); tests/test_pipeline.py serves the defaults
+    # the BLS call to ganseg_unet (what GPU repositories use) and a long queue delay (batches form
+    # reliably); tests/test_pipeline.py serves the CPU defaults (inline UNet, no queue delay)
     cfg = ServingConfig(max_batch=MAX_BATCH, unet_max_batch=16, preferred_batch=[4, 8], queue_delay_us=5000,
                         ort_threads=1, inline_unet=False)
     return build_repository(d / "repo", unet=d / "run", pipeline="both", cfg=cfg)
@@ -260,6 +261,9 @@ def test_gpu_targets_and_repo_errors(repo, tmp_path) -> None:
     assert (gpu / "ganseg_unet" / "1" / "model.onnx").is_file() and not (gpu / "ganseg_unet" / "1" / "model.py").exists()
     seg = _config(gpu / "ganseg_segment" / "config.pbtxt")
     assert seg.instance_group[0].kind == seg.instance_group[0].KIND_CPU  # entry models stay Python on CPU
+    assert seg.HasField("dynamic_batching") and "inline_unet" not in seg.parameters  # GPU: batch, call ganseg_unet
+    cpu = _config(build_repository(tmp_path / "cpu", onnx=onnx) / "ganseg_segment" / "config.pbtxt")
+    assert cpu.parameters["inline_unet"].string_value == "1" and cpu.dynamic_batching.max_queue_delay_microseconds == 0
     with pytest.raises(UserError, match="--plan"):
         build_repository(tmp_path / "trt", onnx=onnx, target="tensorrt")
     plan = tmp_path / "unet.plan"

@@ -207,7 +207,8 @@ def markdown(doc: dict) -> str:
         parts.append(f"\n## {title}\n\n")
         if not sec:
             parts.append("Not measured yet: `tools/gpu_pass.py` runs this section when a GPU machine is lent "
-                         "(`python benchmarks/scaling.py --merge <its scaling.json>` brings it here).\n"
+                         "(`python benchmarks/scaling.py --merge scaling/scaling.json`, from its results.tar.gz, brings it "
+                         "here).\n"
                          if dev == "cuda" else "Not measured yet.\n")
             continue
         env = sec["environment"]

@@ -425,3 +425,90 @@ def test_server_killed_mid_save_leaves_whole_masks(shots):
     srv = make_server(shots, port=0, log=lambda *_: None)
     srv.server_close()
     assert srv.store.cleaned == [leftover.name] and not leftover.exists()
+
+
+# ------------------------------------------------------------------ issue 23: painter and annotation defects
+
+def test_fill_beyond_2_24_pixels_is_whole_and_fit_shows_all_of_a_large_image(browser, tmp_path):
+    """A 4200² image (17.6 MP, over the 2^24 entries a JS Map holds; reported at 6000²): the fill reaches every pixel of the
+    clicked region, around walls open at alternating ends, and no pixel outside it (a closed box, a
+    pixel touching the region only by a corner); Fit shows the whole image inside the view."""
+    from PIL import Image
+
+    n = 4200
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (n, n), (90, 90, 90)).save(folder / "seed0000.png", compress_level=1)
+    m = np.zeros((n, n), np.uint8)
+    for k, x in enumerate(range(1000, n, 1000)):   # a serpentine: walls with a gap at the top or bottom
+        m[:, x: x + 4] = 1
+        m[(slice(0, 40) if k % 2 else slice(n - 40, n)), x: x + 4] = 0
+    m[200:400, 200:400] = 1                        # a closed box: its inside is another region
+    m[210:390, 210:390] = 0
+    m[500:503, 500:503] = 1                        # touches the region only by a corner
+    m[501, 501], m[500, 500] = 0, 0
+    write_labels_json(folder / "labels.json", ["background", "wall", "filled"])
+    save_label_png(folder / "seed0000_mask.png", m, read_labels_json(folder).palette)
+    expected = m.copy()
+    expected[m == 0] = 2
+    expected[210:390, 210:390] = 0
+    expected[501, 501] = 0
+
+    app = App(browser, folder)
+    try:
+        page = app.page("seed0000")
+        view = page.evaluate("document.getElementById('canvas').getBoundingClientRect().toJSON()")
+        for key in (None, "z"):                    # as opened, and after Z
+            if key:
+                page.keyboard.press(key)
+            (x0, y0), (x1, y1) = to_client(page, 0, 0), to_client(page, n, n)
+            assert view["left"] <= x0 < x1 <= view["right"] and view["top"] <= y0 < y1 <= view["bottom"], (x0, x1, view)
+            assert (x1 - x0) > view["width"] / 3, "fitted, not shrunk to a dot"
+        page.keyboard.press("g")
+        page.keyboard.press("2")
+        click(page, 3500.5, 3000.5)                # inside the serpentine, beyond three walls
+        wait_saved(page, timeout=120)
+        saved = load_label_png(folder / "seed0000_mask.png")
+        assert np.array_equal(saved, expected), f"{(saved != expected).sum()} pixels differ"
+        assert "saved seed0000_mask.png" in page.inner_text("#status")
+    finally:
+        app.close()
+    assert not app.errors, app.errors
+
+
+def test_clicking_a_class_selects_it_and_keys_stay_shortcuts(browser, shots):
+    write_labels_json(shots / "labels.json", ["background", "skin", "hair"])
+    app = App(browser, shots)
+    try:
+        _class_clicks_and_renames(app.page("seed0000"), shots)
+    finally:
+        app.close()
+    assert not app.errors, app.errors
+
+
+def _class_clicks_and_renames(page, shots):
+    page.click("#class-list li:nth-child(3) .name")    # the name "hair"
+    assert page.evaluate("window.annotator.state.cls") == 2
+    page.keyboard.press("l")                            # shortcuts, not typing: polygon tool,
+    page.keyboard.press("1")                            # class 1
+    assert page.evaluate("[window.annotator.state.tool, window.annotator.state.cls]") == ["polygon", 1]
+    assert [c["name"] for c in page.evaluate("window.annotator.state.classes")] == ["background", "skin", "hair"]
+    assert read_labels_json(shots).class_names == ("background", "skin", "hair")
+    page.click("#class-list li:nth-child(2) .key")
+    assert page.evaluate("window.annotator.state.cls") == 1
+    page.dblclick("#class-list li:nth-child(3) .name")  # renaming is explicit (the click selects it too)
+    assert page.evaluate("[window.annotator.state.tool, window.annotator.state.cls]") == ["polygon", 2]
+    page.keyboard.press("Control+a")
+    page.keyboard.type("hair z1")                      # typed into the field: no shortcut fires
+    assert page.evaluate("[window.annotator.state.tool, window.annotator.state.cls]") == ["polygon", 2]
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.annotator.state.classes[2].name === 'hair z1'")
+    assert read_labels_json(shots).class_names == ("background", "skin", "hair z1")
+    page.keyboard.press("b")                           # the field is gone: keys are shortcuts again
+    page.keyboard.press("2")
+    assert page.evaluate("[window.annotator.state.tool, window.annotator.state.cls]") == ["brush", 2]
+    page.click("#class-list li:nth-child(2) .edit")    # ✎, then Esc: nothing renamed
+    page.keyboard.type("x")
+    page.keyboard.press("Escape")
+    assert read_labels_json(shots).class_names == ("background", "skin", "hair z1")
+    assert page.locator("#class-list input[type=text]").count() == 0

@@ -252,21 +252,20 @@ function draw() {
 }
 
 function buildLayers(e, s) {
-  const w = e.width, h = e.height;
-  if (!md || md.width !== w || md.height !== h) {
-    md = new ImageData(w, h); ud = new ImageData(w, h);
-    for (const c of [maskCanvas, uncCanvas]) { c.width = w; c.height = h; }
-  }
+  const w = e.width, h = e.height, mask = s.mask, unc = s.unc;
+  if (!md || md.width !== w || md.height !== h) { md = new ImageData(w, h); maskCanvas.width = w; maskCanvas.height = h; }
   // one 32-bit RGBA word per pixel (little-endian: A B G R); class 0 transparent, unknown classes white
-  const m32 = new Uint32Array(md.data.buffer), u32 = new Uint32Array(ud.data.buffer), pal = new Uint32Array(256).fill(0xffffffff);
+  const m32 = new Uint32Array(md.data.buffer), pal = new Uint32Array(256).fill(0xffffffff);
   S.classes.forEach((c, i) => { const [r, g, b] = hexToRgb(c.color); pal[i] = ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0; });
   pal[0] = 0;
-  const mask = s.mask, unc = s.unc, thr = S.uncertain * 255, black = 170 << 24 >>> 0, white = (black | 0xffffff) >>> 0;
   for (let i = 0; i < mask.length; i++) m32[i] = pal[mask[i]];
-  if (unc) { // black/white checkerboard: no class colour looks like it
-    for (let y = 0, i = 0; y < h; y++) for (let x = 0; x < w; x++, i++) u32[i] = unc[i] > thr ? ((x + y) & 1 ? white : black) : 0;
-  } else u32.fill(0);
   maskCanvas.getContext("2d").putImageData(md, 0, 0);
+  if (!unc) return; // no proposal on this image: the uncertainty layer is not drawn
+  if (!ud || ud.width !== w || ud.height !== h) { ud = new ImageData(w, h); uncCanvas.width = w; uncCanvas.height = h; }
+  const u32 = new Uint32Array(ud.data.buffer), thr = S.uncertain * 255, black = 170 << 24 >>> 0, white = (black | 0xffffff) >>> 0;
+  for (let y = 0, i = 0; y < h; y++) { // black/white checkerboard: no class colour looks like it
+    for (let x = 0; x < w; x++, i++) u32[i] = unc[i] > thr ? ((x + y) & 1 ? white : black) : 0;
+  }
   uncCanvas.getContext("2d").putImageData(ud, 0, 0);
 }
 

@@ -480,10 +480,10 @@ def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: 
                       rounds: int = 3, chunk_s: float = 0.5, c4_requests: int = 32, settings=None,
                       log: Callable[[str], None] = print) -> dict:
     """128² PNG, 1920x1080 JPEG and 4000x3000 JPEG, MASK and MASK + OVERLAY: in-process and served
-    at concurrency 1 over gRPC and HTTP measured in alternating chunks (in-process, gRPC, HTTP,
-    in-process, ...: a shared machine's load drifts hit all three alike), then gRPC at concurrency
-    4, and the raw MASK transport for comparison; returns rows, the side-by-side table, the goals
-    and their markdown.
+    at concurrency 1 over gRPC and HTTP, interleaved request by request (in-process, gRPC, HTTP in
+    rotating order: a shared machine's load hits all three alike), then gRPC at concurrency 4, and
+    the raw MASK transport for comparison; returns rows, the side-by-side table, the goals and their
+    markdown.
 
     Served requests are what `ganseg client` sends (`ganseg.serving.client.infer_once`, one client
     and connection per thread, kept alive): one encoded photo, MASK_LOWRES + MASK_SIZE (+ OVERLAY),
@@ -496,6 +496,7 @@ def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: 
 
     from ganseg import pipeline as P
     from ganseg.export.triton_repository import ServingConfig, build_repository
+    from ganseg.serving.client import connect, infer_once
     from ganseg.serving.server import TritonServer
 
     photos = real_size_inputs()
@@ -509,10 +510,12 @@ def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: 
         with urllib.request.urlopen(f"http://{server.http_url}/v2", timeout=10) as r:
             meta = json.loads(r.read())
         urls = {"grpc": server.grpc_url, "http": server.http_url}
+        clients = {proto: connect(url, proto, ENTRY_BLS, timeout=60) for proto, url in urls.items()}  # kept alive
         log(f"  tritonserver {meta.get('version')} (BLS repository, shipped defaults); load {load_start:.1f}")
-        for data in photos.values():  # warm-up: stubs, ORT, connections
+        for data in photos.values():  # warm-up: stubs, ORT, the kept-alive connections
             for proto in urls:
-                latency_run(urls[proto], proto, ENTRY_BLS, data, 1, 3, warmup=0, overlay=True, mask="lowres")
+                for _ in range(3):
+                    infer_once(clients[proto], proto, ENTRY_BLS, data, True, timeout=60, mask="lowres")
         for name, data in photos.items():
             for outputs in REAL_OUTPUTS:
                 overlay = outputs != "MASK"
@@ -525,17 +528,18 @@ def real_size_section(unet_file: Path, onnx_path: Path, work: Path, *, threads: 
                 for v in stages.values():
                     v.clear()
                 chunks: dict[str, list[dict]] = {m: [] for m in MODES}
-                for _ in range(rounds):
-                    lat = []
-                    t0 = time.perf_counter()
-                    for _ in range(n):
+                lat: dict[str, list[float]] = {m: [] for m in MODES}
+                for i in range(rounds * n):  # one of each per step, in rotating order: the same load for all three
+                    for mode in MODES[i % 3:] + MODES[:i % 3]:
                         t = time.perf_counter()
-                        call()
-                        lat.append(time.perf_counter() - t)
-                    chunks["in-process"].append({"latencies_s": lat, "wall_s": time.perf_counter() - t0})
-                    for proto, mode in (("grpc", "gRPC c=1"), ("http", "HTTP c=1")):
-                        chunks[mode].append(latency_run(urls[proto], proto, ENTRY_BLS, data, 1, n, warmup=1,
-                                                        overlay=overlay, keep_latencies=True, mask="lowres"))
+                        if mode == "in-process":
+                            call()
+                        else:
+                            proto = "grpc" if mode.startswith("gRPC") else "http"
+                            infer_once(clients[proto], proto, ENTRY_BLS, data, overlay, timeout=60, mask="lowres")
+                        lat[mode].append(time.perf_counter() - t)
+                for mode in MODES:  # img/s at concurrency 1: requests over their summed latency
+                    chunks[mode].append({"latencies_s": lat[mode], "wall_s": sum(lat[mode])})
                 c4 = latency_run(urls["grpc"], "grpc", ENTRY_BLS, data, 4, c4_requests, warmup=4, overlay=overlay,
                                  keep_latencies=True, mask="lowres")
                 stage_ms = {k: 1e3 * statistics.median(v) for k, v in stages.items()}
@@ -582,6 +586,8 @@ def real_size_summary(rows: list[dict], photos) -> list[dict]:
             for proto in ("grpc", "http"):
                 a, b = line[f"{proto}_c1_img_s"], line["inprocess_img_s"]
                 line[f"{proto}_over_inprocess_c1"] = a / b if a and b else None
+                a, b = line[f"{proto}_c1_p50_ms"], line["inprocess_p50_ms"]  # the same from medians: robust to stalls
+                line[f"{proto}_over_inprocess_c1_p50"] = b / a if a and b else None
             st = line["inprocess_stage_ms"]
             line["inprocess_prepost_share"] = (st["pre"] + st["post"]) / sum(st.values()) if st else None
             out.append(line)
@@ -628,22 +634,25 @@ def real_size_markdown(summary: list[dict], goals: list[dict], sizes: dict[str, 
         return "–" if v is None else f"{100 * v:.0f} %"
 
     text = markdown_table(
-        ["input", "outputs", "in-process img/s", "gRPC c=1 p50 ms", "gRPC c=1 img/s", "HTTP c=1 img/s",
-         "gRPC ÷ in-process", "HTTP ÷ in-process", "gRPC c=4 img/s", "raw MASK: gRPC c=1 p50 ms",
-         "in-process pre / net / post ms", "in-process pre/post share"],
-        [[s["input"], s["outputs"], f(s["inprocess_img_s"]), f(s["grpc_c1_p50_ms"]), f(s["grpc_c1_img_s"]),
-          f(s["http_c1_img_s"]), f(s["grpc_over_inprocess_c1"], 2), f(s["http_over_inprocess_c1"], 2),
+        ["input", "outputs", "in-process p50 ms", "in-process img/s", "gRPC c=1 p50 ms", "gRPC c=1 img/s",
+         "HTTP c=1 p50 ms", "HTTP c=1 img/s", "gRPC ÷ in-process", "HTTP ÷ in-process", "HTTP ÷ in-process (p50)",
+         "gRPC c=4 img/s", "raw MASK: gRPC c=1 p50 ms", "in-process pre / net / post ms", "in-process pre/post share"],
+        [[s["input"], s["outputs"], f(s["inprocess_p50_ms"]), f(s["inprocess_img_s"]), f(s["grpc_c1_p50_ms"]),
+          f(s["grpc_c1_img_s"]), f(s["http_c1_p50_ms"]), f(s["http_c1_img_s"]), f(s["grpc_over_inprocess_c1"], 2),
+          f(s["http_over_inprocess_c1"], 2), f(s["http_over_inprocess_c1_p50"], 2),
           f(s["grpc_c4_img_s"]), f(s["raw_grpc_c1_p50_ms"]),
           " / ".join(f(s["inprocess_stage_ms"][k]) for k in ("pre", "net", "post")) if s["inprocess_stage_ms"] else "–",
           pct(s["inprocess_prepost_share"])] for s in summary],
-        numeric=[False, False] + [True] * 10)
+        numeric=[False, False] + [True] * 13)
     load = "" if load_start is None else f" 1-min load average {load_start:.1f} at the start, {f(load_end)} at the end."
     text += ("\nServed: `ganseg_segment` (BLS, the shipped serving defaults), requests as `ganseg client` sends them: "
              "one encoded photo, MASK_LOWRES + MASK_SIZE (+ OVERLAY), the mask expanded to the photo's size by the "
              "client inside the timed call; one kept-alive connection per client thread. In-process: "
              "`ganseg.pipeline.pre` -> ONNX Runtime -> `ganseg.pipeline.post` (the mask at the photo's size), the "
-             "same threads as the served UNet. Concurrency-1 rows alternate in-process, gRPC and HTTP chunks; img/s "
-             "= requests ÷ wall time. raw MASK: the same MASK + OVERLAY request asking for the full-size MASK "
+             "same threads as the served UNet. Concurrency-1 rows are interleaved request by request (in-process, "
+             "gRPC, HTTP in rotating order); their img/s = requests ÷ summed latency (the goal's ratio), c=4: "
+             "requests ÷ wall time; \"(p50)\": the in-process p50 ÷ the HTTP p50, which a stall from another job "
+             "moves less. raw MASK: the same MASK + OVERLAY request asking for the full-size MASK "
              "tensor instead. Input sizes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
              + "." + load + "\n\n")
     text += markdown_table(["goal", "measured", "target", "result", "from"],
@@ -689,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the real-size rows (128² PNG, 1920x1080 and 4000x3000 JPEG; served as `ganseg client` "
                          "sends them vs in-process, against the goals) -> results/realsize.{json,md}")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="--real-sizes: alternating in-process / gRPC / HTTP chunks (~0.5 s each) per row")
+                    help="--real-sizes: interleaved in-process / gRPC / HTTP requests per row, in units of ~0.5 s each")
     args = ap.parse_args(argv)
     from ganseg.unet import save_unet
 

@@ -134,7 +134,8 @@ def infer_once(client, protocol: str, model: str, data: bytes | np.ndarray, over
     if mask not in MASK_TRANSPORTS:
         raise UserError(f"--mask-transport {mask!r}: use one of {', '.join(MASK_TRANSPORTS)}")
     names = ["MASK_LOWRES", "MASK_SIZE"] if mask == "lowres" else ["MASK"]
-    outs = [mod.InferRequestedOutput(n) for n in names + (["OVERLAY"] if overlay else [])]
+    binary = {"binary_data": True} if protocol == "http" else {}  # HTTP: raw bytes after the JSON header, not JSON
+    outs = [mod.InferRequestedOutput(n, **binary) for n in names + (["OVERLAY"] if overlay else [])]
     kw = {}
     if timeout is not None:
         kw = {"client_timeout": timeout} if protocol == "grpc" else {"timeout": int(timeout * 1e6)}

@@ -359,6 +359,8 @@ def test_compact_mask_transport_expands_to_mask_byte_for_byte(clients, protocol)
             assert np.array_equal(P.resize_labels(low[0], tuple(size[0])), full), model
             if model == "ganseg_segment":
                 assert r.as_numpy("MASK") is None and r.as_numpy("OVERLAY") is not None
+        every = client.infer("ganseg_segment", [_bytes_input(mod, [data])])  # no outputs named: Triton asks for all
+        assert all(every.as_numpy(n) is not None for n in ("MASK", "MASK_LOWRES", "MASK_SIZE", "OVERLAY"))
         got, _ = infer_once(client, protocol, "ganseg_segment", data, overlay=False)  # the client's default
         assert np.array_equal(got, full)
         assert np.array_equal(infer_once(client, protocol, "ganseg_segment", data, overlay=False, mask="raw")[0], full)

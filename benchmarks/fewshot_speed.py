@@ -21,7 +21,7 @@ from common import RESULTS, environment, environment_markdown, markdown_table, w
 def main() -> None:
     from ganseg import Generator, GeneratorConfig, load_generator
     from ganseg.shots import Shots
-    from ganseg.training.train_head import HeadTrainConfig, train_head
+    from ganseg.headfit import HeadTrainConfig, train_head
 
     torch.manual_seed(0)
     gens = {"64 (default G)": load_generator(),

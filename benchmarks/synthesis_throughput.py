@@ -31,7 +31,7 @@ KEYS = ("generator_img_s", "generator_and_head_img_s")
 def synthesis_throughput(G, head, batch: int = 16, n: int = 64, truncation: float = 1.0) -> dict[str, float]:
     """img/s of the generator alone (features returned) and of generator + labelling, after a warm-up
     batch of each; both over the same `n` seeds in batches of `batch`."""
-    from ganseg.sample import z_from_seeds
+    from ganseg.latents import z_from_seeds
     from ganseg.synthesize import SynthConfig, label_batch
 
     dev = G.device

@@ -360,7 +360,7 @@ def cached_generator_front(G, layers: Sequence[int], truncation: float = 1.0, no
     """`export_generator_front`, remembered per (weights fingerprint, layers, truncation, noise, opset)
     within this process: exporting the standard and the plugin form, or several heads of one
     generator, pays for the slow generator export once."""
-    from ganseg.heads_meta import state_sha256
+    from ganseg.tagged import state_sha256
 
     key = (state_sha256(G), tuple(layers), float(truncation), noise_mode, opset)
     if key not in _FRONT_CACHE:
@@ -412,7 +412,7 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
                   front: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """The labeler ModelProto (no metadata). `front`: a reused `export_generator_front` result whose
     outputs include every layer the head reads (same G, truncation, noise mode)."""
-    from ganseg.synthesize import check_head_fits
+    from ganseg.heads import check_head_fits
 
     try:
         check_head_fits(G, head)
@@ -507,8 +507,8 @@ def build_labeler(G, head, *, truncation: float = 1.0, noise_mode: str = "const"
 @torch.no_grad()
 def torch_labels(G, head, z: torch.Tensor, truncation: float = 1.0, noise_mode: str = "const") -> dict[str, np.ndarray]:
     """The PyTorch reference (what `ganseg synthesize` computes) for parity checks."""
+    from ganseg.heads import head_probs
     from ganseg.ops import resize
-    from ganseg.synthesize import head_probs
 
     if hasattr(G, "synthesize_features"):
         img, feats = G.synthesize_features(z=z, truncation_psi=truncation, noise_mode=noise_mode)
@@ -524,8 +524,7 @@ def torch_labels(G, head, z: torch.Tensor, truncation: float = 1.0, noise_mode: 
 def load_inputs(ckpt: str | None, head_path: str | None):
     """(G, head, generator file, head file) with UserErrors for missing/corrupt/mismatched files."""
     from ganseg.checkpoints import DEFAULT_GENERATOR, load_generator
-    from ganseg.heads import load_head
-    from ganseg.synthesize import check_head_fits
+    from ganseg.heads import check_head_fits, load_head
 
     if not head_path:
         raise UserError("--labeler needs --head HEAD (a head file from `ganseg train-head`)")
@@ -564,7 +563,8 @@ def export_labeler(G, head, out: str | os.PathLike, *, truncation: float = 1.0, 
                    front: onnx.ModelProto | None = None) -> Path:
     """Build, check and atomically write the labeler (with metadata) to `out`."""
     from ganseg import __version__
-    from ganseg.heads_meta import head_class_names, state_sha256
+    from ganseg.heads import head_class_names
+    from ganseg.tagged import state_sha256
 
     out = check_writable(out)
     model = build_labeler(G, head, truncation=truncation, noise_mode=noise_mode, labels_dtype=labels_dtype,
@@ -597,7 +597,7 @@ def export_labeler(G, head, out: str | os.PathLike, *, truncation: float = 1.0, 
 def labeler_parity(path: str | os.PathLike | onnx.ModelProto, G, head, z: np.ndarray, truncation: float = 1.0,
                    noise_mode: str = "const") -> dict[str, float]:
     """ORT (CPU) vs PyTorch: max abs image error, label agreement, max abs confidence error."""
-    from ganseg.export.onnx_export import ort_session
+    from ganseg.pipeline import ort_session
 
     model = path if isinstance(path, onnx.ModelProto) else onnx.load(str(path))
     if any(n.op_type == PLUGIN_OP for n in model.graph.node):
@@ -612,7 +612,7 @@ def labeler_parity(path: str | os.PathLike | onnx.ModelProto, G, head, z: np.nda
 
 
 def run_labeler_cli(args) -> int:
-    from ganseg.sample import z_from_seeds
+    from ganseg.latents import z_from_seeds
 
     if args.int8 or args.precision != "fp32":
         raise UserError("--labeler exports fp32 only (use TensorRT's --precision for fp16 engines)")

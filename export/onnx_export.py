@@ -165,7 +165,7 @@ def export_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if isinstance(unet_or_path, torch.nn.Module):
-        from ganseg.heads_meta import state_sha256
+        from ganseg.tagged import state_sha256
 
         unet, source_sha = unet_or_path, state_sha256(unet_or_path)
     else:
@@ -178,7 +178,7 @@ def export_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, 
     k = unet.cfg.num_classes
     names = list(class_names or getattr(unet, "class_names", None) or [])
     if not names:
-        from ganseg.heads_meta import default_class_names
+        from ganseg.labels import default_class_names
         names = default_class_names(k)
     if len(names) != k:
         raise UserError(f"{len(names)} class names for a UNet with {k} classes; pass {k} names")

@@ -164,7 +164,7 @@ def calibration_batches(info: OnnxInfo, shapes: dict[str, tuple[tuple[int, ...],
                                 f"(--opt-batch); add photos or lower --opt-batch")
             arrays[spec.name] = np.ascontiguousarray(normalize(pixels))
         elif len(shape) == 2:
-            from ganseg.sample import z_from_seeds
+            from ganseg.latents import z_from_seeds
 
             arrays[spec.name] = z_from_seeds(list(range(max(n_images, batch))), shape[1]).numpy().astype(np.float32)
         else:

@@ -8,10 +8,14 @@ Nothing here executes code from a checkpoint:
 - ganseg's own format is a tagged safetensors file (`ganseg.tagged`: no pickle at all) with the
   config as JSON metadata.
 Every source is converted into `ganseg.stylegan2.Generator`'s parameter names.
+
+The discriminator that goes with a generator (ganseg's safetensors + config JSON only) is read
+here too (`load_discriminator`; the bundled one: `default_discriminator_for`).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -20,8 +24,8 @@ from pathlib import Path
 import torch
 
 from ganseg import tagged
-from ganseg.errors import UserError
-from ganseg.stylegan2 import Generator, GeneratorConfig, blur_kernel_2d, resolutions_up_to
+from ganseg.errors import BadInput, MissingFile, UserError
+from ganseg.stylegan2 import Discriminator, Generator, GeneratorConfig, blur_kernel_2d, resolutions_up_to
 
 GANSEG_FORMAT = "ganseg.stylegan2/1"
 DEFAULT_GENERATOR = Path(__file__).parent / "weights" / "default_generator.safetensors"
@@ -270,5 +274,46 @@ def _estimate_w_avg(cfg: GeneratorConfig, state: dict[str, torch.Tensor], n: int
         return G.mapping(z).mean(dim=0)
 
 
+# --------------------------------------------------------------------------------------------
+# The discriminator (ganseg's format only)
+
+def load_discriminator(path: str | os.PathLike | None) -> Discriminator | None:
+    """A ganseg discriminator file (safetensors + config JSON), or None; in eval mode, frozen.
+
+    GAN inversion (`ganseg invert`, `segment --method invert`, `train-head --real`, the inverted
+    protocol) uses its features as the perceptual term, and `train-gan --init` warm-starts from one.
+    `ganseg train-gan`'s export (and tools/gpu_pass.py) write the file beside the generator."""
+    if path is None:
+        return None
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder: pass the discriminator .safetensors file inside it")
+    if not path.is_file():
+        raise MissingFile(f"discriminator not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            cfg = json.loads((f.metadata() or {}).get("config", "{}"))
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors/json raise several types for a bad file
+        raise BadInput(f"{path}: not a readable discriminator file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cfg, dict) or "resolution" not in cfg:
+        raise BadInput(f"{path}: not a ganseg discriminator file (no config metadata)")
+    D = Discriminator(cfg["resolution"], cfg["channels"])
+    try:
+        D.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BadInput(f"{path}: weights do not fit the discriminator config ({' '.join(str(exc).split())[:200]})") from None
+    return D.eval().requires_grad_(False)
+
+
+def default_discriminator_for(ckpt: str | None) -> Path | None:
+    """The bundled discriminator goes with the bundled generator only."""
+    p = DEFAULT_GENERATOR.with_name("default_discriminator.safetensors")
+    return p if ckpt is None and p.is_file() else None
+
+
 __all__ = ["CheckpointError", "load_generator", "save_generator", "read_generator_state",
-           "from_rosinality", "from_nvlabs", "DEFAULT_GENERATOR", "GANSEG_FORMAT"]
+           "from_rosinality", "from_nvlabs", "DEFAULT_GENERATOR", "GANSEG_FORMAT", "load_discriminator",
+           "default_discriminator_for"]

@@ -9,6 +9,11 @@ separate pass over the K-channel map. Kinds:
 - cnn: the paper's head: 1x1 -> 128, then 3x3 convs with dilations 2,4,8,1,2,4,8 (widths 64 then
   32), leaky ReLU, and a 3x3 output conv.
 `HeadEnsemble` averages N heads' probabilities and reports a per-pixel uncertainty.
+
+Also here, because every room that uses a head needs them (synthesize, segment, the painter's
+Propose, the ONNX labeler export): `head_probs` (probabilities + uncertainty of a head or an
+ensemble), `check_head_fits` (a head trained on another generator is refused before any work) and
+`head_class_names` (the class names a head file records). Fitting a head is `ganseg.headfit`.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 from torch import nn
 
 from ganseg import tagged
+from ganseg.errors import BadInput
 from ganseg.ops import LEAKY_RELU_SLOPE, resample_accumulate, resample_label
 
 HeadKind = Literal["linear", "mlp", "cnn"]
@@ -197,3 +203,43 @@ def head_steps_for(k: int, batch: int = 2, views_per_shot: int = 400, floor: int
 
     return max(floor, math.ceil(views_per_shot * k / max(1, min(batch, k))))
 
+
+# --------------------------------------------------------------------------------------------
+# Using a head
+
+def head_probs(head: SegmentationHead | HeadEnsemble, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs [N,K,S,S], per-pixel uncertainty [N,S,S]) from a head or an ensemble: the ensemble's own
+    uncertainty map, or a single head's entropy (nats)."""
+    if isinstance(head, HeadEnsemble):
+        probs, unc = head(feats)
+        return probs.float(), unc.float()
+    logp = head(feats).float().log_softmax(dim=1)
+    probs = logp.exp()
+    return probs, -(probs * logp).sum(dim=1)
+
+
+def check_head_fits(G, head: SegmentationHead | HeadEnsemble, head_name: str = "the head") -> None:
+    """Refuse (one line, before any work) a head trained on another generator's features."""
+    heads = list(head.heads) if isinstance(head, HeadEnsemble) else [head]
+    info = G.feature_info
+    for h in heads:
+        layers, channels = h.cfg.feature_layers, h.cfg.feature_channels
+        if any(i >= len(info) for i in layers) or [info[i][2] for i in layers] != list(channels):
+            raise BadInput(f"{head_name} expects generator layers {layers} with channels {list(channels)}; this "
+                           f"generator has {[c for _, _, c in info]}: was it trained on another generator? "
+                           f"Pass the --ckpt it was trained with, or train a head for this one")
+
+
+def head_class_names(head: SegmentationHead | HeadEnsemble) -> list[str]:
+    """The class names a head (or ensemble) was trained with: the `class_names` its file records
+    (`ganseg train-head` writes them from labels.json; `load_head` puts them in `.meta`), else
+    `ganseg.labels.default_class_names`. A recorded list of the wrong length is ignored, as a
+    mislabelled export would be worse than generic names."""
+    from ganseg.labels import default_class_names
+
+    first = head.heads[0] if isinstance(head, HeadEnsemble) else head
+    k = first.cfg.num_classes
+    names = (getattr(head, "meta", None) or {}).get("class_names")
+    if isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names):
+        return list(names)
+    return default_class_names(k)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ganseg.checkpoints import default_discriminator_for, load_discriminator
 from ganseg.errors import BadInput, MissingFile
 from ganseg.images import from_uint8, load_rgb, make_grid, save_png, to_uint8
 from ganseg.stylegan2 import Discriminator
@@ -175,41 +176,6 @@ def load_images(paths: Sequence[str | Path], resolution: int) -> torch.Tensor:
     return from_uint8(np.stack([load_rgb(p, resolution) for p in paths]))
 
 
-def load_discriminator(path: str | Path | None) -> Discriminator | None:
-    """A ganseg discriminator file (safetensors + config JSON), or None."""
-    if path is None:
-        return None
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"{path} is a folder: pass the discriminator .safetensors file inside it")
-    if not path.is_file():
-        raise MissingFile(f"discriminator not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            cfg = json.loads((f.metadata() or {}).get("config", "{}"))
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors/json raise several types for a bad file
-        raise BadInput(f"{path}: not a readable discriminator file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(cfg, dict) or "resolution" not in cfg:
-        raise BadInput(f"{path}: not a ganseg discriminator file (no config metadata)")
-    D = Discriminator(cfg["resolution"], cfg["channels"])
-    try:
-        D.load_state_dict(state)
-    except RuntimeError as exc:
-        raise BadInput(f"{path}: weights do not fit the discriminator config ({' '.join(str(exc).split())[:200]})") from None
-    return D.eval().requires_grad_(False)
-
-
-def default_discriminator_for(ckpt: str | None) -> Path | None:
-    """The bundled discriminator goes with the bundled generator only."""
-    from ganseg.checkpoints import DEFAULT_GENERATOR
-
-    p = DEFAULT_GENERATOR.with_name("default_discriminator.safetensors")
-    return p if ckpt is None and p.is_file() else None
-
-
 # --------------------------------------------------------------------------------------------
 # CLI: ganseg invert
 
@@ -232,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from ganseg.checkpoints import load_generator
     from ganseg.images import write_atomic
     from ganseg.paths import check_out_dir, output_names
-    from ganseg.sample import save_latents
+    from ganseg.latents import save_latents
 
     out = check_out_dir(args.out)
     output_names(args.images)  # refuses the same file twice before the slow inversion
@@ -258,4 +224,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["InvertConfig", "Inversion", "invert", "save_inversion", "load_inversion", "psnr",
-           "noise_regularization", "perceptual_distance", "load_images", "load_discriminator"]
+           "noise_regularization", "perceptual_distance", "load_images"]

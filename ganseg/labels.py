@@ -44,6 +44,7 @@ __all__ = [
     "LabelFileMissing",
     "LabelSet",
     "palette_for",
+    "default_class_names",
     "palette_bytes",
     "save_label_png",
     "label_png",
@@ -102,6 +103,12 @@ class LabelSet:
 
     def __len__(self) -> int:
         return len(self.class_names)
+
+
+def default_class_names(k: int) -> list[str]:
+    """ganseg's face-part names (CLASS_NAMES) for a 10-class model, else class0..class{k-1}: the names
+    of a head or UNet whose file records none."""
+    return list(CLASS_NAMES) if k == len(CLASS_NAMES) else [f"class{i}" for i in range(k)]
 
 
 def palette_for(num_classes: int) -> np.ndarray:

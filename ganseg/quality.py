@@ -134,7 +134,7 @@ def gan_quality(G, n: int = 2000, truncation_psi: float = 1.0, probe: UNet | Non
     """Both figures for generator G against the procedural domain at G's resolution."""
     from ganseg.faces import render_faces, split_seeds
     from ganseg.labels import CLASS_NAMES
-    from ganseg.sample import z_from_seeds
+    from ganseg.latents import z_from_seeds
 
     res = G.resolution
     probe = probe or load_probe(probe_path(res))

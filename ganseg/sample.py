@@ -1,7 +1,8 @@
 """`ganseg sample`: PNGs, a grid and a latents file from a generator, for viewing and annotation.
 
 z for seed s is `np.random.RandomState(s).randn(z_dim)` (the NVlabs generate.py convention), so a
-seed names the same image here and in the original tools, whatever the batch.
+seed names the same image here and in the original tools, whatever the batch (`ganseg.latents`:
+the seed -> z rule and the latents file, which other stages read).
 
 Any number of seeds streams: each image is written as soon as it is made, the grid shows only the
 first `--grid` images, and latents.safetensors (assembled in memory) is refused up front above
@@ -11,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import re
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ganseg.errors import BadInput, MissingFile
-from ganseg.images import make_grid, save_png, to_uint8, write_atomic
+from ganseg.errors import BadInput
+from ganseg.images import make_grid, save_png, to_uint8
+from ganseg.latents import save_latents, z_from_seeds
 
 MAX_LATENTS = 10_000  # latents.safetensors is assembled in memory (z + w+ per image: ~200 MB at 512-d, 10 ws)
 MAX_SEED = 2**32 - 1  # numpy RandomState seeds are 32-bit
@@ -58,10 +58,6 @@ def batches(it: Iterable[int], size: int) -> Iterator[list[int]]:
     it = iter(it)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
-
-
-def z_from_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,30 +115,3 @@ def run(args: argparse.Namespace) -> int:
         written.append(str(out / "latents.safetensors"))
     print(f"wrote {', '.join(written)} in {out}")
     return 0
-
-
-def save_latents(path: Path, seeds: list[int], z: torch.Tensor, w: torch.Tensor, info: dict) -> None:
-    """seeds [N] int64, z [N, z_dim], w [N, num_ws, w_dim] (after truncation): what `synthesize(w=...)` takes."""
-    from safetensors.torch import save
-
-    tensors = {"seeds": torch.tensor(seeds, dtype=torch.int64), "z": z.contiguous(), "w": w.contiguous()}
-    write_atomic(path, save(tensors, metadata={"info": json.dumps(info)}))
-
-
-def load_latents(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, info) from a latents file written by `save_latents`."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise MissingFile(f"latents file not found: {path} (`ganseg sample` writes it beside the images)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("info", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors/json raise several types for a bad file
-        raise BadInput(f"{path}: unreadable latents file ({type(exc).__name__}: {exc}); rerun `ganseg sample` "
-                       f"to write it again") from None
-    missing = [k for k in ("seeds", "w") if k not in tensors]
-    if missing:
-        raise BadInput(f"{path}: not a `ganseg sample` latents file (no {missing}); rerun `ganseg sample`")
-    return tensors, info

@@ -88,8 +88,8 @@ def segment_images_invert(G, head, paths: list[str], invert_steps: int = 200, ba
     """
     from ganseg.evaluate import predict_from_inversion
     from ganseg.images import from_uint8
+    from ganseg.heads import check_head_fits
     from ganseg.invert import InvertConfig, invert
-    from ganseg.synthesize import check_head_fits
 
     check_head_fits(G, head, head_name)
     photos = pre(paths, G.resolution, preview=preview)  # all read (and checked) before any work
@@ -117,9 +117,8 @@ def run(args: argparse.Namespace) -> int:
         results = segment_images_unet(unet, paths, args.batch, palette)
         summary = f"segmented {len(results)} image(s) with the UNet"
     else:
-        from ganseg.checkpoints import load_generator
+        from ganseg.checkpoints import default_discriminator_for, load_discriminator, load_generator
         from ganseg.heads import load_head
-        from ganseg.invert import default_discriminator_for, load_discriminator
 
         G = load_generator(args.ckpt)
         head = load_head(args.head)

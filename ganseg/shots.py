@@ -83,7 +83,7 @@ def load_sampled_shots(folder: str | Path, resolution: int | None = None, includ
     one line saying which masks were used and which proposals were left out.
     """
     from ganseg.images import load_rgb
-    from ganseg.sample import load_latents
+    from ganseg.latents import load_latents
 
     folder = Path(folder)
     if not folder.is_dir():

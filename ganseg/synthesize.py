@@ -48,11 +48,12 @@ import torch
 from tqdm import tqdm
 
 from ganseg.errors import BadInput, MissingFile
-from ganseg.heads import HeadEnsemble, SegmentationHead
-from ganseg.heads_meta import default_class_names, state_sha256
+from ganseg.heads import HeadEnsemble, SegmentationHead, check_head_fits, head_probs
 from ganseg.images import to_uint8, write_atomic
 from ganseg.ops import resize
-from ganseg.sample import z_from_seeds
+from ganseg.labels import default_class_names
+from ganseg.latents import z_from_seeds
+from ganseg.tagged import state_sha256
 
 FORMAT = "ganseg.synth/1"
 MANIFEST = "index.json"
@@ -144,27 +145,7 @@ def part_from_env(env: dict | None = None) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 # Labelling (pure tensor functions)
 
-def head_probs(head: Head, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probs [N,K,S,S], per-pixel uncertainty [N,S,S]) from a head or an ensemble."""
-    if isinstance(head, HeadEnsemble):
-        probs, unc = head(feats)
-        return probs.float(), unc.float()
-    logp = head(feats).float().log_softmax(dim=1)
-    probs = logp.exp()
-    return probs, -(probs * logp).sum(dim=1)
-
-
-def check_head_fits(G, head: Head, head_name: str = "the head") -> None:
-    """Refuse (one line, before any work) a head trained on another generator's features."""
-    heads = list(head.heads) if isinstance(head, HeadEnsemble) else [head]
-    info = G.feature_info
-    for h in heads:
-        layers, channels = h.cfg.feature_layers, h.cfg.feature_channels
-        if any(i >= len(info) for i in layers) or [info[i][2] for i in layers] != list(channels):
-            raise BadInput(f"{head_name} expects generator layers {layers} with channels {list(channels)}; this "
-                           f"generator has {[c for _, _, c in info]}: was it trained on another generator? "
-                           f"Pass the --ckpt it was trained with, or train a head for this one")
-
+# (a head's probabilities and the generator check are `ganseg.heads.head_probs` / `check_head_fits`)
 
 @torch.no_grad()
 def label_batch(G, head: Head, seeds: Sequence[int], cfg: SynthConfig) -> dict[str, np.ndarray]:

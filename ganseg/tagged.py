@@ -19,6 +19,7 @@ tensors and metadata give the same bytes, so a file's sha256 identifies its cont
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -29,7 +30,8 @@ import torch
 from ganseg.errors import UserError
 from ganseg.images import write_atomic
 
-__all__ = ["TaggedFileError", "TaggedFileMissing", "save", "load", "read_meta", "encode_meta", "decode_meta"]
+__all__ = ["TaggedFileError", "TaggedFileMissing", "save", "load", "read_meta", "encode_meta", "decode_meta",
+           "state_sha256"]
 
 
 class TaggedFileError(UserError, ValueError):
@@ -135,3 +137,15 @@ def _open(path: Path, expected: str | tuple[str, ...], what: str, hint: str, wit
         raise TaggedFileError(f"{path}: cannot read this {what} file ({exc.strerror or exc}); check that it "
                               f"is readable") from None
     return tensors, decode_meta(raw)
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes, bytes): which weights made a dataset or a
+    graph, independent of the file they were read from (synthesize's manifests and the ONNX
+    exports record it for the generator, the head and the UNet)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

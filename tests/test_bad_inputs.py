@@ -429,7 +429,7 @@ def test_train_head_bad_settings(tiny, shots, tmp_path, capsys):
         assert f"argument {opt}: expected an integer >= 1, got '0'" in capsys.readouterr().err
     train_head_fails(tiny, shots, tmp_path, capsys, "--min-resolution", "999",
                      words=["--min-resolution 999", "4, 8, 16"])
-    from ganseg.training.train_head import HeadTrainConfig, train_head
+    from ganseg.headfit import HeadTrainConfig, train_head
 
     with pytest.raises(UserError, match="--ensemble must be an integer >= 1"):  # the library refuses too
         train_head(tiny["G"], None, HeadTrainConfig(ensemble=0))
@@ -520,7 +520,7 @@ def test_sample_streams_any_seed_count(tiny, tmp_path, capsys):
 
 
 def test_small_sample_keeps_grid_and_latents(tiny, tmp_path):
-    from ganseg.sample import load_latents
+    from ganseg.latents import load_latents
 
     assert cli("sample", "--ckpt", tiny["g"], "--seeds", "0-9", "--grid", "4", "--batch", "3", "--out", tmp_path) == 0
     lat, _ = load_latents(tmp_path / "latents.safetensors")

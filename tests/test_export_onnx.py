@@ -160,7 +160,7 @@ def test_export_from_module_and_metadata_roundtrip(tmp_path, unet_run):
     unet = _load(unet_run)
     out = export_unet(unet, tmp_path / "sub" / "m.onnx")  # missing folders are created
     meta = read_metadata(out)
-    from ganseg.heads_meta import state_sha256  # synthesize's dataset manifests record the same identity
+    from ganseg.tagged import state_sha256  # synthesize's dataset manifests record the same identity
 
     assert meta["source_sha256"] == state_sha256(unet)
     assert meta["input_size"] == 64
@@ -288,7 +288,7 @@ def _head(G, kind, size=None, seed=0, **kw):
 
 @pytest.fixture(scope="module")
 def latents():
-    from ganseg.sample import z_from_seeds
+    from ganseg.latents import z_from_seeds
 
     return z_from_seeds(list(range(100, 106)), 32).numpy()
 

@@ -13,7 +13,7 @@ from ganseg.heads import HeadEnsemble, head_for, load_head, save_head
 from ganseg.invert import InvertConfig, invert, load_inversion, noise_regularization, psnr, save_inversion
 from ganseg.ops import materialize
 from ganseg.shots import Shots
-from ganseg.training.train_head import HeadTrainConfig, train_head
+from ganseg.headfit import HeadTrainConfig, train_head
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_sample_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "latents.safetensors", "seed0000.png",
                                                       "seed0001.png", "seed0002.png", "seed0007.png"]
-    from ganseg.sample import load_latents, z_from_seeds
+    from ganseg.latents import load_latents, z_from_seeds
 
     lat, info = load_latents(out / "latents.safetensors")
     assert info["truncation_psi"] == 0.7 and info["noise_mode"] == "const"

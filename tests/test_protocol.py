@@ -35,7 +35,7 @@ def test_the_simulated_annotator_paints_rendered_faces_well(G):
 def test_generated_shots_are_the_samples_a_person_would_paint(G):
     """Same seeds -> the same images as `ganseg sample` (z from the seed) and the same masks."""
     from ganseg.images import to_uint8
-    from ganseg.sample import z_from_seeds
+    from ganseg.latents import z_from_seeds
 
     net = A.simulated_annotator(G.resolution)
     ws, img, masks = A.annotate_generated(G, net, [3, 7])

@@ -60,7 +60,7 @@ def annotate_generated(G, annotator, seeds=None, ws: torch.Tensor | None = None,
     Give `seeds` (z as `ganseg sample`) or `ws` (w+). Returns (w+ [N, num_ws, w_dim], images uint8
     [N, H, W, 3], masks uint8 [N, H, W])."""
     from ganseg.images import to_uint8
-    from ganseg.sample import z_from_seeds
+    from ganseg.latents import z_from_seeds
 
     if ws is None:
         ws = G.map(z_from_seeds(list(seeds), G.z_dim).to(G.device), truncation_psi)

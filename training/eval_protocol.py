@@ -13,8 +13,9 @@ trained on the inverted latents' features. Test images (the first n of the test 
 inverted once; each head segments them from their inversions' features. Scores
 (`ganseg.evaluate`): per-class IoU over all test pixels pooled, and mIoU = mean over the classes.
 
-Why in training/: the protocol trains heads (`ganseg.training.train_head`); the metrics it reports
-are core (`ganseg.evaluate`), which must not import the trainers.
+Why in training/: the protocol trains (heads with the core's `ganseg.headfit`, and the simulated
+annotator, `ganseg.training.annotator`); the metrics it reports are core (`ganseg.evaluate`), which
+must not import the trainers.
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ def run_generated_protocol(G, cfg: EvalConfig, out: Path | None = None, head_ste
     from ganseg.images import make_grid as grid
     from ganseg.labels import CLASS_NAMES, PALETTE
     from ganseg.shots import Shots
-    from ganseg.synthesize import head_probs
+    from ganseg.heads import head_probs
     from ganseg.training.annotator import (HELDOUT_SEED0, ONE_SHOT_REPEATS, SHOT_SEEDS, annotate_generated,
                                            annotator_labels, head_steps_for, simulated_annotator)
-    from ganseg.training.train_head import HeadTrainConfig, train_head
+    from ganseg.headfit import HeadTrainConfig, train_head
     from ganseg.faces import render_faces, split_seeds
 
     names = list(CLASS_NAMES)
@@ -98,7 +99,7 @@ def run_protocol(G, cfg: EvalConfig, D=None, out: Path | None = None) -> dict:
     from ganseg.images import from_uint8
     from ganseg.invert import InvertConfig, invert
     from ganseg.shots import Shots
-    from ganseg.training.train_head import HeadTrainConfig, train_head
+    from ganseg.headfit import HeadTrainConfig, train_head
 
     res = G.resolution
     inv_cfg = InvertConfig(steps=cfg.invert_steps)
@@ -155,8 +156,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganseg.checkpoints import load_generator
-    from ganseg.invert import default_discriminator_for, load_discriminator
+    from ganseg.checkpoints import default_discriminator_for, load_discriminator, load_generator
     from ganseg.paths import check_out_dir
 
     heads = tuple(h.strip() for h in args.heads.split(","))

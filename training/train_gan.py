@@ -471,7 +471,7 @@ def load_init(args: argparse.Namespace) -> tuple[Generator, Discriminator]:
     discriminator of other widths, or an architecture flag that contradicts the generator)."""
     from ganseg.checkpoints import load_generator
     from ganseg.errors import BadInput
-    from ganseg.invert import load_discriminator
+    from ganseg.checkpoints import load_discriminator
 
     g_path, d_path = args.init
     G = load_generator(g_path)

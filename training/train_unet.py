@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from ganseg.errors import BadInput, MissingFile
 from ganseg.evaluate import confusion_matrix, mean_iou
+from ganseg.headfit import class_weights  # one rule for the head's and the UNet's class weighting
 from ganseg.images import write_atomic
 from ganseg.training.common import (Dist, Share, agree, batch_share, ddp, read_on_main, stop_on_signal, sum_all,
                                     sync_batchnorm)
@@ -322,18 +323,6 @@ def soft_targets(idx: torch.Tensor, prob: torch.Tensor, num_classes: int) -> tor
 # --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 # training
-
-def class_weights(labels: torch.Tensor, num_classes: int, how: str, device=None) -> torch.Tensor | None:
-    """Per-class loss weights 1/sqrt(pixel share), normalized to a pixel-weighted mean of 1 (so the loss
-    scale and the learning rate keep their meaning); classes absent from the labels get weight 0."""
-    if how == "none" or len(labels) == 0:
-        return None
-    counts = torch.bincount(labels.reshape(-1).long(), minlength=num_classes)[:num_classes].double()
-    share = counts / counts.sum()
-    w = torch.where(share > 0, share.clamp_min(1e-12).rsqrt(), torch.zeros_like(share))
-    w = w / (w * share).sum()
-    return w.float().to(device)
-
 
 class UNetTrainer:
     def __init__(self, cfg: UNetTrainConfig, data: LabelledData, out: str | os.PathLike, device: str = "cpu",

@@ -212,10 +212,10 @@ class Proposer:
     def _train_and_predict(self, shots_names: list[str]) -> None:
         import torch
 
-        from ganseg.sample import load_latents
+        from ganseg.headfit import HeadTrainConfig, check_shots, train_head
+        from ganseg.heads import head_probs
+        from ganseg.latents import load_latents
         from ganseg.shots import load_sampled_shots
-        from ganseg.synthesize import head_probs
-        from ganseg.training.train_head import HeadTrainConfig, check_shots, train_head
 
         self._set("loading the generator", 0.02)
         lat, info = load_latents(self.store.folder / "latents.safetensors")

@@ -10,7 +10,7 @@ import argparse
 from ganseg.subcommands import add_commands, run_module
 
 TARGETS: dict[str, tuple[str, str]] = {
-    "onnx": ("ganseg.export.onnx_export", "ONNX graphs: the distilled UNet, or generator + head (labeler)"),
+    "onnx": ("ganseg.export.onnx_cli", "ONNX graphs: the distilled UNet, or generator + head (labeler)"),
     "tensorrt": ("ganseg.export.tensorrt_build", "TensorRT engine from an exported ONNX file"),
     "triton": ("ganseg.export.triton_repository", "fill a Triton model repository from a UNet"),
 }

@@ -49,8 +49,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ganseg.errors import UserError
-from ganseg.export.onnx_ops import (check_model, check_writable, fold_constants, palette_for, save_model, set_metadata,
-                                    sha256_file)
+from ganseg.export.onnx_ops import check_model, fold_constants, save_model, set_metadata, sha256_file
+from ganseg.labels import palette_for
+from ganseg.paths import check_out_file
 
 LABELER_FORMAT = "ganseg.labeler.onnx/1"
 PLUGIN_OP = "GansegResampleAccumulate"
@@ -566,7 +567,7 @@ def export_labeler(G, head, out: str | os.PathLike, *, truncation: float = 1.0, 
     from ganseg.heads import head_class_names
     from ganseg.tagged import state_sha256
 
-    out = check_writable(out)
+    out = check_out_file(out)
     model = build_labeler(G, head, truncation=truncation, noise_mode=noise_mode, labels_dtype=labels_dtype,
                           plugin=plugin, opset=opset, front=front)
     heads = head_list(head)
@@ -577,7 +578,7 @@ def export_labeler(G, head, out: str | os.PathLike, *, truncation: float = 1.0, 
         "input_name": "z", "output_names": ["image", "labels", "confidence"], "z_dim": G.z_dim,
         "resolution": heads[0].cfg.size, "generator_resolution": G.resolution, "truncation": truncation,
         "noise_mode": noise_mode, "labels_dtype": labels_dtype, "plugin": plugin,
-        "class_names": names, "palette": palette_for(k), "opset": opset,
+        "class_names": names, "palette": palette_for(k).tolist(), "opset": opset,
         "image": "raw generator output, about [-1, 1]; uint8 = round(clamp((x + 1) * 127.5, 0, 255))",
         "confidence": "max class probability (ensemble: of the mean probabilities)",
         "z": "float32 [N, z_dim]; seed s -> numpy.random.RandomState(s).randn(z_dim)",
@@ -616,7 +617,7 @@ def run_labeler_cli(args) -> int:
 
     if args.int8 or args.precision != "fp32":
         raise UserError("--labeler exports fp32 only (use TensorRT's --precision for fp16 engines)")
-    out = check_writable(args.out)
+    out = check_out_file(args.out)
     G, head, gfile, hfile = load_inputs(args.ckpt, args.head)
     sources = {"generator": sha256_file(gfile), "head": sha256_file(hfile)}
     print(f"exporting generator ({G.resolution}px) + head to {out} (the generator export takes a while) ...")

@@ -1,4 +1,8 @@
-"""`ganseg export onnx`: the distilled UNet (FP32/FP16/INT8) or generator + head ("labeler") as ONNX.
+"""The distilled UNet as ONNX (FP32/FP16; INT8 is `ganseg.export.quantize` on top of this).
+
+The command `ganseg export onnx` (UNet, INT8 or the generator + head "labeler") is
+`ganseg.export.onnx_cli`; this module is the library the command, quantization, the Triton
+repository writer and the benchmarks call.
 
 Why ONNX: it is what ONNX Runtime, TensorRT and Triton all read, so one exported file serves every
 production runtime. The UNet file is self-describing (see "The ONNX UNet contract" below): a server
@@ -23,7 +27,6 @@ Contract (read by serving/ and the benchmarks)::
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import os
@@ -36,8 +39,9 @@ import onnx
 import torch
 
 from ganseg.errors import UserError
-from ganseg.export.onnx_ops import (check_model, check_writable, palette_for, read_metadata, save_model,
-                                    set_metadata, sha256_file)
+from ganseg.export.onnx_ops import check_model, read_metadata, save_model, set_metadata, sha256_file
+from ganseg.labels import palette_for
+from ganseg.paths import check_out_file
 from ganseg.pipeline import INPUT_NAME, OUTPUT_NAME, ort_session  # noqa: F401 - ort_session: the one session set-up
 
 UNET_ONNX_FORMAT = "ganseg.unet.onnx/1"
@@ -45,8 +49,7 @@ NORMALIZATION = {"scale": 1 / 127.5, "offset": -1.0, "layout": "NCHW", "channels
 DEFAULT_OPSET = 17
 PRECISIONS = ("fp32", "fp16")
 
-__all__ = ["export_unet", "read_metadata", "load_unet_checked", "unet_to_onnx", "UNET_ONNX_FORMAT",
-           "add_arguments", "run"]
+__all__ = ["export_unet", "read_metadata", "load_unet_checked", "unet_to_onnx", "unet_parity", "UNET_ONNX_FORMAT"]
 
 
 def load_unet_checked(path: str | os.PathLike | None) -> tuple[Any, Path]:
@@ -161,7 +164,7 @@ def export_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, 
 
     if out is None:
         raise UserError("--out is required: the .onnx file to write")
-    out = check_writable(out)
+    out = check_out_file(out)
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if isinstance(unet_or_path, torch.nn.Module):
@@ -186,7 +189,7 @@ def export_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None, 
     set_metadata(model, {
         "ganseg.format": UNET_ONNX_FORMAT, "ganseg.version": __version__,
         "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "normalization": NORMALIZATION,
-        "class_names": names, "palette": palette_for(k), "input_size": input_size,
+        "class_names": names, "palette": palette_for(k).tolist(), "input_size": input_size,
         "size_multiple": 2 ** unet.cfg.depth, "precision": precision, "source_sha256": source_sha,
         "opset": opset, "unet_config": unet.cfg.to_dict(),
     })
@@ -218,69 +221,3 @@ def unet_parity(onnx_path: str | os.PathLike, unet: torch.nn.Module, images_uint
 
 # --------------------------------------------------------------------------------------------
 # CLI: ganseg export onnx
-
-_DEFAULT = "<bundled default>"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--unet", nargs="?", const=_DEFAULT, default=None, metavar="RUN",
-                      help="export a UNet: a `ganseg train-unet` folder or .safetensors (omit RUN: bundled default)")
-    what.add_argument("--labeler", action="store_true",
-                      help="export generator + few-shot head as one graph (z -> image, labels, confidence)")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="UNet weights/compute precision (I/O stays float32)")
-    p.add_argument("--int8", action="store_true",
-                   help="UNet: QDQ INT8 via ONNX Runtime static quantization, calibrated on --calib photos")
-    p.add_argument("--calib", default=None, metavar="DIR",
-                   help="--int8: folder of your photos to calibrate on (required unless the UNet is the bundled "
-                        "default, which calibrates on rendered faces)")
-    p.add_argument("--calib-images", type=int, default=64, help="--int8: at most this many calibration photos")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help="ONNX opset (>= 17; the labeler uses at least 18, the dynamo exporter's)")
-    p.add_argument("--ckpt", default=None, help="--labeler: generator .pt/.pkl/.safetensors (default: bundled)")
-    p.add_argument("--head", default=None, help="--labeler: head file from `ganseg train-head`")
-    p.add_argument("--plugin", action="store_true",
-                   help="--labeler: write the fused resample-accumulate as one GansegResampleAccumulate node "
-                        "(for the TensorRT plugin; ONNX Runtime cannot run that file)")
-    p.add_argument("--truncation", type=float, default=1.0, help="--labeler: truncation psi baked into the graph")
-    p.add_argument("--labels-dtype", choices=["uint8", "int64"], default="uint8", help="--labeler: label dtype")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.labeler:
-        from ganseg.export.labeler import run_labeler_cli
-
-        return run_labeler_cli(args)
-    for flag in ("ckpt", "head"):
-        if getattr(args, flag):
-            raise UserError(f"--{flag} only applies with --labeler; drop it or add --labeler")
-    if args.plugin:
-        raise UserError("--plugin only applies with --labeler")
-    path = None if args.unet == _DEFAULT else args.unet
-    out = check_writable(args.out)
-    unet, _ = load_unet_checked(path)  # errors before any work
-    if args.calib is not None and not args.int8:
-        raise UserError("--calib only applies with --int8 (fp32/fp16 exports need no calibration)")
-    if args.int8:
-        if args.precision != "fp32":
-            raise UserError("--int8 quantizes the fp32 graph; drop --precision")
-        from ganseg.export.quantize import quantize_unet
-
-        quantize_unet(path, out, calib=args.calib, calib_images=args.calib_images, opset=args.opset)
-    else:
-        export_unet(path, out, args.precision, opset=args.opset)
-    size = out.stat().st_size
-    meta = read_metadata(out)
-    print(f"wrote {out} ({size / 1e6:.2f} MB, {meta['precision']}, opset {meta['opset']}, "
-          f"{len(meta['class_names'])} classes, input_size {meta['input_size']})")
-    if not args.no_verify:
-        from ganseg.faces import render_faces, split_seeds
-
-        images, _ = render_faces(split_seeds("test", 4), resolution=meta["input_size"])
-        r = unet_parity(out, unet, images)
-        print(f"ONNX Runtime vs PyTorch on 4 rendered test faces: max |logits diff| {r['max_abs_err']:.2e}, "
-              f"argmax agreement {100 * r['argmax_agreement']:.3f} %")
-    return 0

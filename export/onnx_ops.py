@@ -5,14 +5,14 @@ files that a server or client must be able to use with nothing else at hand. The
 metadata convention (plain strings for names/hashes/versions, JSON for everything structured),
 one definition of "a valid file" (`onnx.checker` full check + strict shape inference) and one way
 of writing (serialize in memory, then `ganseg.images.write_atomic`, so a crash never leaves half a
-model under the final name). The output path is checked *before* the (slow) export starts.
+model under the final name). The output path is checked *before* the (slow) export starts, by the
+same check every ganseg command uses (`ganseg.paths.check_out_file`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -97,33 +97,6 @@ def op_types(model: onnx.ModelProto) -> set[tuple[str, str]]:
     return found
 
 
-def check_writable(out: str | os.PathLike, flag: str = "--out") -> Path:
-    """Raise a UserError now (before any slow work) when `out` cannot be written as a file."""
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"{flag} {out} is a directory; pass a file name such as {out / 'model.onnx'}")
-    parent = out.parent
-    probe = parent
-    while not probe.exists():  # write_atomic creates missing folders: the first existing one must be writable
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{flag} {out}: {probe} is a file, not a folder; choose another output path")
-    if parent.exists():
-        try:
-            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
-        except OSError as exc:
-            raise UserError(f"{flag} {out}: cannot write in {parent} ({exc.strerror}); choose a writable "
-                            f"folder") from None
-        os.close(fd)
-        os.unlink(tmp)
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: cannot create folders under {probe} (permission denied); choose a "
-                        f"writable folder")
-    if out.exists() and not os.access(out, os.W_OK) and not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {out} exists and cannot be replaced; choose another output path")
-    return out
-
-
 def save_model(model: onnx.ModelProto, out: str | os.PathLike) -> Path:
     """Serialize in memory (all weights inline: these graphs are far below protobuf's 2 GB) and write atomically."""
     from ganseg.images import write_atomic
@@ -139,13 +112,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def palette_for(num_classes: int) -> list[list[int]]:
-    """The mask format's palette (`ganseg.labels.palette_for`) as JSON-ready lists."""
-    from ganseg.labels import palette_for as palette
-
-    return palette(num_classes).tolist()
 
 
 def opset_of(model: onnx.ModelProto, domain: str = "") -> int:

@@ -33,7 +33,8 @@ import numpy as np
 import onnx
 
 from ganseg.errors import UserError
-from ganseg.export.onnx_ops import check_model, check_writable, read_metadata, save_model, set_metadata
+from ganseg.export.onnx_ops import check_model, read_metadata, save_model, set_metadata
+from ganseg.paths import check_out_file
 
 CALIB_BATCH = 8
 CALIB_IMAGES = 64
@@ -108,7 +109,7 @@ def quantize_unet(unet_or_path: Any = None, out: str | os.PathLike | None = None
 
     if out is None:
         raise UserError("--out is required: the .onnx file to write")
-    out = check_writable(out)
+    out = check_out_file(out)
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     if calibrate not in methods:
@@ -185,7 +186,7 @@ def onnx_miou(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, b
     import torch
 
     from ganseg.evaluate import confusion_matrix, mean_iou
-    from ganseg.export.onnx_export import ort_session
+    from ganseg.pipeline import ort_session
     from ganseg.images import from_uint8
 
     sess = ort_session(path, threads=2)

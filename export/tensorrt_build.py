@@ -377,15 +377,15 @@ def add_arguments(p: argparse.ArgumentParser, argv: list[str] | None = None) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganseg.export.onnx_ops import check_writable
+    from ganseg.paths import check_out_file
 
     out = Path(args.out)
     if out.suffix not in (".plan", ".engine"):
         raise UserError(f"--out {out}: name the engine file .plan (e.g. {out.with_suffix('.plan')})")
     info = read_onnx(args.onnx)
-    check_writable(out, "--out")
+    check_out_file(out, "--out")
     timing_cache = Path(args.timing_cache) if args.timing_cache else out.with_suffix(".timing.cache")
-    check_writable(timing_cache, "--timing-cache")
+    check_out_file(timing_cache, "--timing-cache")
     if args.calib_images < 1:
         raise UserError(f"--calib-images must be >= 1, got {args.calib_images}")
     if args.workspace_gib <= 0:

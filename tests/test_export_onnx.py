@@ -180,7 +180,7 @@ def test_errors_missing_corrupt_and_unwritable(tmp_path, unet_run):
     bad.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(UserError, match="bad.safetensors"):
         export_unet(bad, tmp_path / "a.onnx")
-    with pytest.raises(UserError, match="is a directory"):
+    with pytest.raises(UserError, match="existing folder, but a file is expected"):
         export_unet(unet_run, tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file, not a folder"):
@@ -446,7 +446,7 @@ def test_labeler_errors(tiny_g, tmp_path):
         L.load_inputs(str(tmp_path / "nope.safetensors"), str(tmp_path / "head.safetensors"))
     with pytest.raises(UserError, match="--head"):
         _cli(["onnx", "--labeler", "--ckpt", str(gfile), "--out", str(tmp_path / "x.onnx")])
-    with pytest.raises(UserError, match="is a directory"):
+    with pytest.raises(UserError, match="existing folder, but a file is expected"):
         _cli(["onnx", "--labeler", "--ckpt", str(gfile), "--head", str(tmp_path / "head.safetensors"),
               "--out", str(tmp_path)])
 

@@ -112,7 +112,7 @@ def test_arguments_are_checked_before_tensorrt_is_needed(tmp_path):
     with pytest.raises(UserError, match=r"--out .*\.plan"):
         tb.run(cli_args(onnx=onnx_path, out=tmp_path / "x.onnx"))
     (tmp_path / "adir.plan").mkdir()
-    with pytest.raises(UserError, match="is a directory"):
+    with pytest.raises(UserError, match="existing folder, but a file is expected"):
         tb.run(cli_args(onnx=onnx_path, out=tmp_path / "adir.plan"))
     with pytest.raises(UserError, match="--min-batch <= --opt-batch"):
         tb.run(cli_args(onnx=onnx_path, out=tmp_path / "x.plan", opt_batch=64, max_batch=32))

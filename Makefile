@@ -27,6 +27,7 @@ browser:
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: venv browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # NVIDIA's real perf_analyzer in a tool environment of its own (.venv-perf/): the tritonclient==2.40.0

@@ -42,7 +42,7 @@ import scaling  # noqa: E402
 import served  # noqa: E402
 import synthesis_throughput  # noqa: E402
 import train_throughput  # noqa: E402
-from common import (RESULTS, environment, environment_markdown, fmt, loaded_note, markdown_table, pyplot,  # noqa: E402
+from common import (RESULTS, environment, environment_markdown, loaded_note, markdown_table, pyplot,  # noqa: E402
                     result_stem, save_figure, write_json, write_text)
 
 SECTIONS = ("served", "inprocess", "realsize", "fused", "synthesis", "train", "scaling", "gpu")

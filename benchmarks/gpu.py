@@ -86,7 +86,7 @@ def ops_rows(sizes=OPS_SIZES, impls=OPS_IMPLS, device: str = "cuda", gen_res: in
     G = Generator(GeneratorConfig(resolution=gen_res, z_dim=512, w_dim=512, mapping_layers=2)).to(device).eval()
     z = torch.randn(1, 512, device=device)
     with torch.no_grad():
-        gen_ms = timer(lambda: G.synthesize_features(z=z))["median_ms"]
+        gen_ms = timer(lambda: G.synthesize_features(z=z))["median_ms"]  # noqa: F821 (G is deleted only after)
     del G
     rows.append({"bench": "generator synthesis", "impl": "torch", "size": gen_res, "device": device, "status": "ok",
                  "median_ms": gen_ms})

@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             gen_row = {"op": f"generator synthesis ({G.resolution}², features)", "impl": "torch", "dtype": "fp32",
                        "size": G.resolution, "batch": args.batch}
-            timed_row(gen_row, lambda: G.synthesize_features(z=z), None, None)
+            timed_row(gen_row, lambda: G.synthesize_features(z=z), None, None)  # noqa: F821 (called before del G)
         del G
         gc.collect()
         if device.type == "cuda":
@@ -438,9 +438,9 @@ def main(argv=None) -> int:
                                               f"{args.materialized_max_size}", **row))
                         continue
 
-                    def call(impl=impl.split()[0]):
+                    def call(impl=impl.split()[0]):  # noqa: B008 (binds this iteration's impl)
                         with torch.no_grad():
-                            return ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)
+                            return ops.resample_accumulate(fd, wd, bd, size, activation="lrelu", impl=impl)  # noqa: F821
                     if impl == "cuda graph":
                         try:
                             call = graph_of(call)
@@ -467,14 +467,14 @@ def main(argv=None) -> int:
 
                 torch_mode = "FP32" if dname == "fp32" else "BF16"
                 kernel_vs_torch("label variant (K=%d)" % L,
-                                lambda impl: ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl),
+                                lambda impl: ops.resample_label(fd, w_lin.to(dtype), b_lin.to(dtype), size, impl=impl),  # noqa: F821
                                 step_cost(shapes, args.batch, L, size, elt, labeling=True), mode, torch_mode)
                 # the plugin kernel on projected maps (no projection: bytes only)
                 with torch.no_grad():
                     maps = ops.project_by_resolution(fd, wd, size)
                 pcost = {"flops": 0, "bytes": sum(m.numel() for m in maps) * elt + args.batch * K * size * size * elt}
                 kernel_vs_torch("plugin kernel (projected maps)",
-                                lambda impl: ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl),
+                                lambda impl: ops.resample_projected(maps, bd, size, activation="lrelu", impl=impl),  # noqa: F821
                                 pcost, None, None)
                 del fd, maps
     except Exception:  # noqa: BLE001 - recorded with its traceback, and the exit code says so

@@ -18,7 +18,6 @@ Why in training/: the protocol trains heads; `ganseg eval` and `benchmarks/autos
 """
 from __future__ import annotations
 
-import math
 import numpy as np
 import torch
 

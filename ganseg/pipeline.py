@@ -17,6 +17,8 @@ in-process benchmark are thin adapters over it):
                                     (`ganseg.labels.resize_labels`, the one label resize)
     label_png(labels, palette)      indexed PNG bytes, fast compression, palette kept (`ganseg.labels`)
     overlay_jpeg(image, labels, ...) overlay JPEG bytes at the preview image's size
+    save_result(out, name, ...)     NAME_mask.png + NAME_overlay.jpg: the files segment and client write
+    save_contact_sheet(out, overlays)  a run's overlays.png (thumbnails of the first 64)
     ort_session(path, threads=1)    the one ONNX Runtime session factory
     OnnxSegmenter(path)             the whole pipeline in-process with ONNX Runtime
 
@@ -53,15 +55,17 @@ import numpy as np
 from PIL import Image
 
 from ganseg.errors import BadInput, UserError
-from ganseg.images import MAX_PIXELS, check_pixel_count, open_photo, resize_rgb
+from ganseg.images import MAX_PIXELS, check_pixel_count, make_grid, open_photo, resize_rgb, save_png, write_atomic
 # the mask format's label resize and PNG encoder are the labels module's (one rule, one encoder);
 # named here too because they are this API's MASK_LOWRES -> MASK step
 from ganseg.labels import MASK_PNG_COMPRESSION, label_png, resize_labels
+from ganseg.paths import claim_numbered
 
 __all__ = [
     "MAX_PIXELS", "PREVIEW_MAX_SIDE", "REDUCED_MIN_SIDE", "MASK_PNG_COMPRESSION", "INPUT_NAME", "OUTPUT_NAME",
     "IMAGE", "MASK", "MASK_LOWRES", "MASK_SIZE", "OVERLAY", "UNetSpec", "Batch", "Segmented", "check_photo", "pre", "post", "shrink", "normalize", "argmax_labels",
     "resize_labels", "label_png", "overlay_jpeg", "ort_session", "check_raw", "same_size", "OnnxSegmenter",
+    "save_result", "save_contact_sheet",
 ]
 
 INPUT_NAME = "image"     # the UNet's input tensor (ONNX file and ganseg_unet)
@@ -322,6 +326,43 @@ def overlay_jpeg(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alp
 
 
 _NONZERO = [0] + [255] * 255  # Image.point table: label > 0 -> 255
+
+
+# --------------------------------------------------------------------------------------------
+# Results on disk: what `ganseg segment` and `ganseg client` write
+
+SHEET_THUMB = 128  # contact-sheet thumbnail side (px)
+SHEET_MAX = 64     # a contact sheet shows the first this many overlays of a run
+
+
+def save_result(out: str | os.PathLike, name: str, mask: np.ndarray, overlay: bytes | None,
+                palette: np.ndarray) -> Path:
+    """OUT/NAME_mask.png (indexed PNG, pixel = class index, at the photo's own size) and, when there is
+    one, OUT/NAME_overlay.jpg, each written atomically; returns the mask's path.
+
+    Why one writer: `ganseg segment` (in-process) and `ganseg client` (through Triton) write the same
+    files from the same results, so the same photos give the same bytes whichever path made them."""
+    out = Path(out)
+    mask_path = out / f"{name}_mask.png"
+    write_atomic(mask_path, label_png(mask, palette))
+    if overlay is not None:
+        write_atomic(out / f"{name}_overlay.jpg", bytes(overlay))
+    return mask_path
+
+
+def save_contact_sheet(out: str | os.PathLike, overlays: Sequence[bytes | None]) -> Path | None:
+    """One picture of a run: the first `SHEET_MAX` overlays as `SHEET_THUMB`-px thumbnails in a grid,
+    written to OUT/overlays.png, or overlays-2.png, ... (never over the sheet of an earlier run in the
+    same folder: `ganseg.paths.claim_numbered`). None when the run made no overlay."""
+    shown = [o for o in overlays if o is not None][:SHEET_MAX]
+    if not shown:
+        return None
+    thumbs = [np.asarray(Image.open(io.BytesIO(bytes(o))).convert("RGB").resize((SHEET_THUMB, SHEET_THUMB),
+                                                                               Image.Resampling.BOX))
+              for o in shown]
+    sheet = claim_numbered(out, "overlays", ".png")
+    save_png(sheet, make_grid(np.stack(thumbs)))
+    return sheet
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,15 +32,12 @@ any work starts; a bad file is named in a one-line error and nothing is written.
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ganseg.errors import BadInput
-from ganseg.images import make_grid, save_png, write_atomic
-from ganseg.pipeline import PREVIEW_MAX_SIDE, Batch, Segmented, post, pre, shrink
+from ganseg.pipeline import PREVIEW_MAX_SIDE, Batch, Segmented, post, pre, save_contact_sheet, save_result, shrink
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,8 +96,8 @@ def segment_images_invert(G, head, paths: list[str], invert_steps: int = 200, ba
 
 
 def run(args: argparse.Namespace) -> int:
-    from ganseg.labels import palette_for, save_label_png
-    from ganseg.paths import check_out_dir, claim_numbered, list_images, output_names
+    from ganseg.labels import palette_for
+    from ganseg.paths import check_out_dir, list_images, output_names
 
     palette = palette_for(256)  # ganseg's colours first, then distinct ones: any class count
     method = args.method or ("invert" if args.head and not args.unet else "unet")
@@ -126,16 +123,11 @@ def run(args: argparse.Namespace) -> int:
         results, inv = segment_images_invert(G, head, paths, args.invert_steps, args.batch, D,
                                              f"--head {args.head}", palette)
         summary = f"segmented {len(results)} image(s) (mean inversion PSNR {float(inv.psnr.mean()):.2f} dB)"
-    thumbs = []
     for path, name, r in zip(paths, names, results):
         if name != Path(path).stem:
             print(f"note: {path} -> {name}_mask.png (another input has the same file name)")
-        save_label_png(out / f"{name}_mask.png", r.mask, palette)
-        write_atomic(out / f"{name}_overlay.jpg", r.overlay)
-        ov = np.asarray(Image.open(io.BytesIO(r.overlay)).convert("RGB"))
-        thumbs.append(np.asarray(Image.fromarray(ov).resize((128, 128), Image.Resampling.BOX)))
-    sheet = claim_numbered(out, "overlays", ".png")
-    save_png(sheet, make_grid(np.stack(thumbs)))
+        save_result(out, name, r.mask, r.overlay, palette)  # the writer `ganseg client` uses too
+    sheet = save_contact_sheet(out, [r.overlay for r in results])
     print(f"{summary}: {out}/NAME_mask.png (indexed PNG, pixel = class index, at each image's size), "
-          f"NAME_overlay.jpg (long side <= {PREVIEW_MAX_SIDE} px), {sheet.name}")
+          f"NAME_overlay.jpg (long side <= {PREVIEW_MAX_SIDE} px)" + (f", {sheet.name}" if sheet else ""))
     return 0

@@ -343,9 +343,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str, out: Path, say) -> int:
-    from ganseg.images import write_atomic
     from ganseg.paths import first_frame_note
-    from ganseg.pipeline import label_png
+    from ganseg.pipeline import save_contact_sheet, save_result  # the files `ganseg segment` writes
 
     client = connect(url, args.protocol, args.model)
     palette = model_palette(client, args.model, args.protocol)
@@ -357,9 +356,7 @@ def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str,
     def on_result(r: Result) -> None:  # on a worker thread
         name = names[r.path]
         if r.error is None:
-            write_atomic(out / f"{name}_mask.png", label_png(r.mask, palette))
-            if r.overlay is not None:
-                write_atomic(out / f"{name}_overlay.jpg", r.overlay)
+            save_result(out, name, r.mask, r.overlay, palette)
             say(f"{str(r.path):<{width}}  {r.mask.shape[1]}x{r.mask.shape[0]}  {1e3 * r.latency_s:7.1f} ms  "
                 f"-> {out / (name + '_mask.png')}")
         else:
@@ -379,18 +376,8 @@ def _segment_and_save(args, files: list[Path], names: dict[Path, str], url: str,
         say(f"segmented {len(ok)}/{len(results)} image(s) via {args.protocol}://{url} model {args.model} "
             f"(concurrency {args.concurrency}): p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
             f"{s['img_per_s']:.1f} img/s; masks in {out}")
-    shown = [r for r in ok if r.overlay is not None][:64]
-    if shown:  # one picture of this run's results, as `ganseg segment` writes (128 px thumbnails)
-        import io
-
-        from PIL import Image
-
-        from ganseg.images import make_grid, save_png
-        from ganseg.paths import claim_numbered
-
-        thumbs = [np.asarray(Image.open(io.BytesIO(bytes(r.overlay))).convert("RGB").resize((128, 128))) for r in shown]
-        sheet = claim_numbered(out, "overlays", ".png")
-        save_png(sheet, make_grid(np.stack(thumbs)))
+    sheet = save_contact_sheet(out, [r.overlay for r in ok])  # one picture of this run, as `ganseg segment`
+    if sheet is not None:
         say(f"contact sheet: {sheet}")
     unsent = sum(not r.sent for r in results)
     if unsent:

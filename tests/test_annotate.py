@@ -241,9 +241,9 @@ def test_two_tabs_stale_save_refused_then_overwrite_keeps_backup(app, shots):
     assert np.array_equal(load_label_png(backup), mask_a)  # the other tab's version is kept
 
 
-def start_cli_server(folder: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+def start_cli_server(folder: Path, port: int = 0, *args: str) -> tuple[subprocess.Popen, str]:
     """The real `ganseg annotate` process; returns it and the URL it prints."""
-    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "annotate", str(folder), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "ganseg.cli", "annotate", str(folder), "--port", str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     while "open http" not in line:
@@ -512,3 +512,156 @@ def _class_clicks_and_renames(page, shots):
     page.keyboard.press("Escape")
     assert read_labels_json(shots).class_names == ("background", "skin", "hair z1")
     assert page.locator("#class-list input[type=text]").count() == 0
+
+
+def _read_only(folder: Path) -> tuple[list[str], object]:
+    """Make `folder` unwritable for a `ganseg` child process: (command prefix, undo). Root writes in a
+    0555 folder, so as root the folder is made immutable (chattr +i), or, where that capability is
+    missing, the child runs in a user namespace (unshare --user), where root's rights stop at files it
+    does not map."""
+    folder.chmod(0o555)
+    undo = lambda: folder.chmod(0o755)  # noqa: E731
+    if os.geteuid() != 0:
+        return [], undo
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        return [], lambda: (subprocess.run(["chattr", "-i", str(folder)], check=True), undo())
+    if subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "--user"], undo
+    pytest.fail("as root this test needs `chattr +i` (CAP_LINUX_IMMUTABLE) or `unshare --user` to make a read-only "
+                "folder; run the tests as a normal user")
+
+
+def test_unwritable_folder_is_refused_at_start(shots):
+    """Every save writes in SHOTS_DIR: a read-only one is refused before serving, in one line (it used to
+    start, then answer every save with an internal error)."""
+    prefix, undo = _read_only(shots)
+    try:
+        try:
+            r = subprocess.run([*prefix, sys.executable, "-m", "ganseg.cli", "annotate", str(shots), "--port", "0"],
+                               capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("ganseg annotate started serving a folder it cannot write in")
+    finally:
+        undo()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and f"ganseg annotate: error: SHOTS_DIR {shots}: cannot write in {shots}" \
+        in r.stderr, r.stderr
+
+
+def _save_shots(folder: Path, names) -> None:
+    write_labels_json(folder / "labels.json", ["background", "face", "hair"])
+    yy, xx = np.mgrid[0:64, 0:64]
+    for name in names:
+        m = np.zeros((64, 64), np.uint8)
+        m[(yy - 34) ** 2 + (xx - 32) ** 2 < 18 ** 2] = 1
+        m[:18, 12:52] = 2
+        save_label_png(folder / f"{name}_mask.png", m, read_labels_json(folder).palette)
+
+
+def test_ctrl_c_while_propose_trains_stops_cleanly(shots):
+    """SIGINT while the head trains: the job is cancelled and its thread joined before the interpreter
+    exits (a daemon thread inside torch at exit aborted with "terminate called without an active
+    exception", SIGABRT)."""
+    _save_shots(shots, ["seed0000", "seed0001", "seed0002"])
+    proc, url = start_cli_server(shots, 0, "--propose-steps", "5000")  # training far outlasts the wait
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "api/propose", method="POST"), timeout=10) as r:
+            assert json.load(r)["state"] == "running"
+        t0 = time.time()
+        while True:
+            with urllib.request.urlopen(url + "api/propose", timeout=10) as r:
+                st = json.load(r)
+            assert st["state"] == "running", st
+            if st["stage"].startswith("training head"):
+                break
+            assert time.time() - t0 < 60, st
+            time.sleep(0.1)
+        time.sleep(1.0)                                 # well inside the optimizer steps
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "terminate called" not in err and proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert "stopping the proposal in training" in out and "propose: training stopped" in out, out
+    assert "ganseg annotate: stopped; 3 annotated" in out
+
+
+def test_proposal_is_saved_unreviewed_until_edited_or_accepted_and_train_head_says_so(browser, shots, tmp_path,
+                                                                                        capsys):
+    """P then moving on leaves seedNNNN_proposed.png, not a finished mask; an edit or A (accept) makes it
+    seedNNNN_mask.png; train-head counts both kinds and uses proposals only with --include-proposed."""
+    _save_shots(shots, ["seed0000", "seed0001"])
+    app = App(browser, shots)
+    try:
+        page = app.page("seed0002")
+        page.keyboard.press("p")
+        page.wait_for_function("window.annotator.state.propose.state !== 'running' && "
+                               "!window.annotator.state.pendingApply", timeout=60000)
+        assert page.evaluate("window.annotator.kind()") == "proposed"
+        page.keyboard.press("ArrowRight")              # move on without looking at it
+        page.wait_for_function("window.annotator.state.current === 'seed0003'")
+        wait_saved(page)
+        assert (shots / "seed0002_proposed.png").is_file() and not (shots / "seed0002_mask.png").exists()
+        state = json.load(urllib.request.urlopen(app.server.url + "api/state"))
+        row = {i["name"]: i for i in state["images"]}["seed0002"]
+        assert row["proposed"] and not row["annotated"]
+        assert "1 unreviewed proposal(s) left out" in state["commands"][0]
+        assert "proposed" in page.get_attribute("#image-list li:nth-child(3)", "class")
+
+        page.keyboard.press("p")                       # seed0003: the same head's proposal, accepted as is
+        page.wait_for_function("!window.annotator.state.pendingApply", timeout=60000)
+        proposal = page_mask(page)
+        wait_saved(page)
+        assert np.array_equal(load_label_png(shots / "seed0003_proposed.png"), proposal)
+        page.keyboard.press("a")
+        wait_saved(page)
+        assert np.array_equal(load_label_png(shots / "seed0003_mask.png"), proposal)
+        assert not (shots / "seed0003_proposed.png").exists()
+        assert np.array_equal(load_label_png(shots / HISTORY / "seed0003_proposed.1.png"), proposal)  # kept
+        page.keyboard.press("Control+z")               # undo the accept: a proposal again
+        wait_saved(page)
+        assert (shots / "seed0003_proposed.png").is_file() and not (shots / "seed0003_mask.png").exists()
+        page.keyboard.press("Control+Shift+z")
+        wait_saved(page)
+        assert (shots / "seed0003_mask.png").is_file() and not (shots / "seed0003_proposed.png").exists()
+    finally:
+        app.close()
+    assert not app.errors, app.errors
+
+    out = tmp_path / "head.safetensors"
+    capsys.readouterr()
+    assert main(["train-head", "--shots", str(shots), "--head", "linear", "--steps", "1", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "shots: 3 reviewed mask(s): seed0000_mask.png, seed0001_mask.png, seed0003_mask.png; left out 1 " \
+           "unreviewed proposal(s): seed0002_proposed.png" in said, said
+    assert "trained a linear head on 3 shot(s)" in said
+    assert main(["train-head", "--shots", str(shots), "--head", "linear", "--steps", "1", "--include-proposed",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "shots: 3 reviewed mask(s) and 1 unreviewed proposal(s) (--include-proposed)" in said, said
+    assert "trained a linear head on 4 shot(s)" in said
+
+
+def test_masks_of_images_without_latents_are_refused_by_name_and_marked(shots, capsys):
+    """A second `ganseg sample` into the folder replaced latents.safetensors (seeds 0-1 only): the page
+    marks seed0002/seed0003 and the command warns; train-head refuses their masks by name with the fix
+    (it used to drop them without a word)."""
+    assert main(["sample", "--seeds", "0-1", "--out", str(shots), "--grid", "0"]) == 0
+    _save_shots(shots, ["seed0000", "seed0003"])
+    capsys.readouterr()
+    assert main(["train-head", "--shots", str(shots), "--head", "linear", "--steps", "1",
+                 "--out", str(shots / "head.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 mask(s) have no latent in latents.safetensors" in err, err
+    assert "seed0003_mask.png" in err and "seed0000_mask" not in err
+    assert f"ganseg sample --seeds 0-3 --out {shots}" in err and "move those masks out" in err
+    assert not (shots / "head.safetensors").exists()
+    srv = make_server(shots, port=0, log=lambda *_: None)
+    try:
+        state = srv.state()
+    finally:
+        srv.server_close()
+    assert {i["name"]: i["latent"] for i in state["images"]} == {
+        "seed0000": True, "seed0001": True, "seed0002": False, "seed0003": False}

@@ -1,7 +1,7 @@
 """ganseg.pipeline: the one photo pipeline of the server, `ganseg segment` and the benchmarks.
 
-Without a server: import layering (the core imports nothing from serving/, export/, training/;
-no circle between the folders), the one size limit with ganseg's own message, JPEG draft decoding
+Without a server: the pipeline imports without torch or the stage packages (the static layering
+of every room is tests/test_layering.py), the one size limit with ganseg's own message, JPEG draft decoding
 (really reduced, masks agree with a full decode), the nearest label resize, fast mask PNGs.
 Against the REAL Triton server (bundled default UNet, BLS pipeline): a 12 MP JPEG served equals
 `ganseg segment` on the same file, OVERLAY only when requested and at the bounded preview size,
@@ -9,7 +9,6 @@ the size limit. The 12 MP JPEG is generated once per module.
 """
 from __future__ import annotations
 
-import ast
 import io
 import json
 import subprocess
@@ -28,23 +27,10 @@ from ganseg import pipeline as P
 from ganseg.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("serving", "export", "training")  # installed as ganseg.serving / ganseg.export / ganseg.training
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, lazy imports inside functions included (absolute names)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}
-    return found
-
 
 def _face_photo(seed: int, size: tuple[int, int], quality: int = 90) -> tuple[bytes, np.ndarray]:
     """A rendered test face (128²) upscaled to size=(W, H) as a JPEG, and its exact labels at (H, W)."""
@@ -65,18 +51,14 @@ def photo_12mp() -> bytes:
 # --------------------------------------------------------------------------------------------
 # layering
 
-def test_core_imports_nothing_from_the_stage_folders() -> None:
-    bad = {f"ganseg/{p.name}": sorted(m for m in _imports(p) if m.split(".")[:2] in [["ganseg", s] for s in STAGES])
-           for p in (ROOT / "ganseg").glob("*.py")}
-    assert not {k: v for k, v in bad.items() if v}, "the core reaches into serving/export/training"
-    export_to_serving = {p.name: sorted(m for m in _imports(p) if m.startswith("ganseg.serving"))
-                         for p in (ROOT / "export").glob("*.py")}
-    assert not {k: v for k, v in export_to_serving.items() if v}, "export/ imports serving/: a circle"
+# (the static layering of every room is tests/test_layering.py)
+
+def test_one_photo_path() -> None:
     assert not (ROOT / "serving" / "transforms.py").exists(), "the second copy of the photo path is back"
 
 
 def test_pipeline_imports_without_torch_or_stage_packages() -> None:
-    """What actually gets imported (a subprocess), beside the static scan above."""
+    """What actually gets imported (a subprocess), beside the static scan of tests/test_layering.py."""
     stage = "m.startswith(('ganseg.serving', 'ganseg.export', 'ganseg.training'))"
     code = ("import sys, ganseg.pipeline; "
             f"bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or {stage}]; assert not bad, bad[:5]; "

@@ -318,7 +318,7 @@ class _GeneratorFront(nn.Module):
 
 
 class _HeadBack(nn.Module):
-    """Fused first-layer outputs (activated) -> (labels, confidence), as `synthesize.head_probs`."""
+    """Fused first-layer outputs (activated) -> (labels, confidence), as `ganseg.heads.head_probs`."""
 
     def __init__(self, bodies: Sequence[nn.Module], labels_dtype: torch.dtype):
         super().__init__()

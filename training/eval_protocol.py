@@ -48,9 +48,9 @@ def run_generated_protocol(G, cfg: EvalConfig, out: Path | None = None, head_ste
     from ganseg.images import make_grid as grid
     from ganseg.labels import CLASS_NAMES, PALETTE
     from ganseg.shots import Shots
-    from ganseg.heads import head_probs
+    from ganseg.heads import head_probs, head_steps_for
     from ganseg.training.annotator import (HELDOUT_SEED0, ONE_SHOT_REPEATS, SHOT_SEEDS, annotate_generated,
-                                           annotator_labels, head_steps_for, simulated_annotator)
+                                           annotator_labels, simulated_annotator)
     from ganseg.headfit import HeadTrainConfig, train_head
     from ganseg.faces import render_faces, split_seeds
 

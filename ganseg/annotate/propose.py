@@ -1,11 +1,11 @@
 """Proposals: the few-shot head, trained on the masks saved so far, predicts the others.
 
 Why: after the first shot the ReGAN head already knows something about the parts, so the person can
-correct its mask instead of painting from nothing. The job runs `ganseg.training.train_head` (the
+correct its mask instead of painting from nothing. The job runs `ganseg.headfit.train_head` (the
 same trainer and head `train-head` uses) in a background thread, so the page keeps working while it
 trains. It trains an ensemble of `ensemble` heads in one `train_head(..., ensemble=N)` call (the
 shots' features computed once); torch's optimizer-step hook tells the page which head is training
-and how far, without a second copy of the training loop; `HeadEnsemble`'s entropy map (via `ganseg.synthesize.head_probs`) marks the uncertain
+and how far, without a second copy of the training loop; `HeadEnsemble`'s entropy map (via `ganseg.heads.head_probs`) marks the uncertain
 pixels, and its per-image mean orders the unannotated images for "Suggest next".
 
 torch and the generator are imported on the first proposal, not at start-up: painting never waits

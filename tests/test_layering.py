@@ -260,3 +260,35 @@ def test_a_planted_file_circle_is_flagged(tree) -> None:
            "def _planted():\n    from ganseg.pipeline import pre  # noqa\n\n\ndef load_label_png(")
     assert wrong_arrows(tree) == []  # core -> core: the direction is fine, the loop is not
     assert circles(tree) == [["ganseg.labels", "ganseg.pipeline"]]
+
+
+# --------------------------------------------------------------------------------------------
+# the map of the house stays true
+
+def test_architecture_page_picture_and_readme_layout() -> None:
+    """docs/architecture.md shows the committed picture and has a paragraph per room; the figure's
+    stage rooms match the command table; README's layout table names every folder and every core
+    module (by file or by its command)."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    assert "](architecture.png)" in doc and (ROOT / "docs" / "architecture.png").stat().st_size > 10_000
+    for room_name in ("The core (`ganseg/`)", "`training/`", "`export/`", "`serving/`", "`model_repository/`",
+                      "`benchmarks/`", "`tools/`"):
+        assert f"**{room_name}**" in doc, room_name
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("architecture_figure", ROOT / "tools" / "architecture_figure.py")
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    figure.check_rooms()  # raises when a stage's command moved to another room
+
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in layout.splitlines() if line.startswith("| `")}
+    for folder in ("ganseg/", "training/", "export/", "serving/", "model_repository/", "benchmarks/", "tools/",
+                   "tests/", "docs/"):
+        assert folder in rows and (ROOT / folder).is_dir(), folder
+    commands = {"evaluate": "score", "quality": "gan-quality"}
+    for path in sorted((ROOT / "ganseg").glob("*.py")):
+        if path.stem != "__init__":
+            assert f"`{path.name}`" in rows["ganseg/"] or f"`{commands.get(path.stem, path.stem)}`" in rows["ganseg/"], \
+                f"README's layout table does not name ganseg/{path.name}"

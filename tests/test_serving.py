@@ -301,7 +301,7 @@ def test_committed_model_repository_is_what_export_writes() -> None:
     if not DEFAULT_UNET.is_file():
         pytest.skip("the bundled default UNet is not installed")
     unet = load_unet()
-    from ganseg.export.onnx_ops import palette_for
+    from ganseg.labels import palette_for
 
     spec = P.UNetSpec(input_size=int(unet.meta["resolution"]), class_names=list(unet.class_names),
                       palette=np.asarray(palette_for(unet.cfg.num_classes), np.uint8), size_multiple=2 ** unet.cfg.depth)

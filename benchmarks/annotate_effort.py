@@ -99,6 +99,9 @@ def annotate(page, name: str, target: np.ndarray, propose: bool, shot: Path | No
             page.keyboard.press(str(c))
             cls, keys = c, keys + 1
         page.mouse.click(*page.evaluate(f"window.annotator.imageToClient({x + 0.5}, {y + 0.5})"))
+    if page.evaluate("window.annotator.kind()") == "proposed":  # right as proposed: the user accepts it (A)
+        page.keyboard.press("a")
+        keys += 1
     while not page.evaluate("window.annotator.idle()"):
         page.wait_for_timeout(100)
     done = np.array(page.evaluate("window.annotator.mask()"), np.uint8).reshape(target.shape)

@@ -125,8 +125,15 @@ class Runner:
             _write_json(stamp, ident)
         self._test = None
         self._heldout = None
+        self._shots: dict[tuple[int, ...], tuple] = {}
 
     # -- shared inputs ------------------------------------------------------------------------
+    def head_steps(self, k: int, batch: int) -> int:
+        """The recipe's head steps for k shots: fixed by --head-steps, else each shot seen head_views times."""
+        from ganseg.heads import head_steps_for
+
+        return self.cfg.head_steps or head_steps_for(k, batch, self.cfg.head_views)
+
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         if self._test is None:
             n = max(self.cfg.n_test, self.cfg.n_test_unet)
@@ -146,8 +153,10 @@ class Runner:
         from ganseg.shots import Shots
         from ganseg.training.annotator import annotate_generated
 
-        ws, img, masks = annotate_generated(self.G, self.annotator, seeds, truncation_psi=self.cfg.truncation)
-        return Shots(ws, torch.from_numpy(masks).long(), self.names), img, masks
+        if seeds not in self._shots:  # the head, the student's data and the pixel baseline share them
+            ws, img, masks = annotate_generated(self.G, self.annotator, seeds, truncation_psi=self.cfg.truncation)
+            self._shots[seeds] = (Shots(ws, torch.from_numpy(masks).long(), self.names), img, masks)
+        return self._shots[seeds]
 
     def score_unet(self, run: Path) -> dict:
         """Rendered test (n_test and n_test_unet) and held-out generated (vs annotator) scores, cached."""
@@ -188,9 +197,9 @@ class Runner:
         from ganseg.evaluate import score_row as sr
         from ganseg.heads import load_head, save_head
         from ganseg.shots import Shots, shot_features
-        from ganseg.synthesize import head_probs
-        from ganseg.training.annotator import head_steps_for, style_mixed_ws
-        from ganseg.training.train_head import HeadTrainConfig, train_head
+        from ganseg.heads import head_probs
+        from ganseg.training.annotator import style_mixed_ws
+        from ganseg.headfit import HeadTrainConfig, train_head
 
         path = self.out / f"head_{tag}.safetensors"
         info_path = self.out / f"head_{tag}.json"
@@ -199,7 +208,7 @@ class Runner:
         shots, _, masks = self.shots(seeds)
         k = len(seeds)
         batch = min(2, k)
-        steps = self.cfg.head_steps or head_steps_for(k, batch, self.cfg.head_views)
+        steps = self.head_steps(k, batch)
         train_shots = shots
         if self.cfg.style_mix:
             mixed = style_mixed_ws(self.G, shots.ws, self.cfg.style_mix, seed=1000 + head_seed)
@@ -294,7 +303,7 @@ class Runner:
     def weighted_head(self, k: int) -> None:
         """Ablation: the first head of the row trained with class-weighted cross-entropy, same student."""
         from ganseg.synthesize import load_synth_dataset
-        from ganseg.training.train_head import HeadTrainConfig, train_head
+        from ganseg.headfit import HeadTrainConfig, train_head
         from ganseg.heads import load_head, save_head
 
         tag, seeds, hs = shot_sets(k, self.cfg.head_seeds)[0]
@@ -317,7 +326,7 @@ class Runner:
         from ganseg.shots import Shots
         from ganseg.synthesize import load_synth_dataset
         from ganseg.training.annotator import style_mixed_ws
-        from ganseg.training.train_head import HeadTrainConfig, train_head
+        from ganseg.headfit import HeadTrainConfig, train_head
 
         tag, seeds, hs = shot_sets(k, self.cfg.head_seeds)[0]
         path = self.out / f"head_{tag}m.safetensors"
@@ -326,10 +335,8 @@ class Runner:
             mixed = style_mixed_ws(self.G, shots.ws, copies, seed=1000 + hs)
             train = Shots(torch.cat([shots.ws, mixed]), shots.masks.repeat(copies + 1, 1, 1), self.names)
             batch = min(2, len(seeds))
-            from ganseg.heads import head_steps_for
-
             # the plain head's step count (views per *shot*, not per copy): same cost, more variety
-            steps = self.cfg.head_steps or head_steps_for(len(seeds), batch, self.cfg.head_views)
+            steps = self.head_steps(len(seeds), batch)
             head = train_head(self.G, train, HeadTrainConfig(kind=self.cfg.head_kind, batch=batch, seed=hs,
                                                              steps=steps), progress=False)
             save_head(head, path, extra={"class_names": self.names})
@@ -369,8 +376,8 @@ class Runner:
 
     # -- protocol "inverted": real photos as shots, inverted into the GAN -----------------------
     def inversion(self, name: str, images: np.ndarray):
-        from ganseg.invert import (InvertConfig, default_discriminator_for, invert, load_discriminator,
-                                   load_inversion, save_inversion)
+        from ganseg.checkpoints import default_discriminator_for, load_discriminator
+        from ganseg.invert import InvertConfig, invert, load_inversion, save_inversion
 
         path = self.out / f"inversion_{name}.safetensors"
         if path.is_file():
@@ -384,8 +391,7 @@ class Runner:
         from ganseg.evaluate import predict_from_inversion
         from ganseg.heads import save_head
         from ganseg.shots import Shots
-        from ganseg.training.annotator import head_steps_for
-        from ganseg.training.train_head import HeadTrainConfig, train_head
+        from ganseg.headfit import HeadTrainConfig, train_head
 
         rows_path = self.out / "invert_rows.json"
         if rows_path.is_file():
@@ -399,7 +405,7 @@ class Runner:
             shots = Shots(shot_inv.ws[:k], torch.from_numpy(shot_lab[:k]).long(), self.names,
                           noise=[n[:k] for n in shot_inv.noise])
             batch = min(2, k)
-            steps = self.cfg.head_steps or head_steps_for(k, batch, self.cfg.head_views)
+            steps = self.head_steps(k, batch)
             head = train_head(self.G, shots, HeadTrainConfig(kind=self.cfg.head_kind, steps=steps, batch=batch,
                                                              seed=k), progress=False)
             save_head(head, self.out / f"head_inv_k{k}.safetensors", extra={"class_names": self.names})

@@ -88,18 +88,13 @@ def latency_run(url: str, protocol: str, model: str, data: bytes | np.ndarray, c
 
 def process_tree_rss(pid: int) -> int:
     """Resident memory (bytes) of a process plus all its descendants (the server and its stubs),
-    from /proc (Linux)."""
+    from /proc (Linux), read by the server module's one /proc reader."""
+    from ganseg.serving.server import proc_stats
+
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        p = int(d.name)
+    for p, fields in proc_stats().items():
         children.setdefault(int(fields[1]), []).append(p)  # fields[0] is the state, [1] the parent
         rss[p] = int(fields[21]) * page
     total, todo = 0, [pid]

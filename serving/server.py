@@ -88,7 +88,7 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _proc_stats() -> dict[int, list[bytes]]:
+def proc_stats() -> dict[int, list[bytes]]:
     """pid -> the fields of /proc/PID/stat after the command name (Linux): [state, ppid, pgrp, ...]."""
     stats = {}
     for entry in os.listdir("/proc"):
@@ -104,7 +104,7 @@ def _proc_stats() -> dict[int, list[bytes]]:
 
 def _group_pids(pgid: int) -> list[int]:
     """Processes still alive in a process group."""
-    return [pid for pid, fields in _proc_stats().items() if int(fields[2]) == pgid and fields[0] != b"Z"]
+    return [pid for pid, fields in proc_stats().items() if int(fields[2]) == pgid and fields[0] != b"Z"]
 
 
 def _die_with_parent():
@@ -199,22 +199,6 @@ def check_repository(repo: Path) -> None:
         fix = ("serve it with NVIDIA's Triton container (docs/serving.md), or write a CPU repository with "
                f"`ganseg export triton --repo {repo}`")
     raise UserError(f"--repo {repo}{made}: {'; '.join(needs)}, but {server}; {fix}")
-
-
-def process_tree_rss(pid: int) -> int:
-    """Resident memory (bytes) of a process plus all its descendants (the server and its stubs)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for p, fields in _proc_stats().items():
-        children.setdefault(int(fields[1]), []).append(p)
-        rss[p] = int(fields[21]) * page
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo += children.get(p, [])
-    return total
 
 
 class TritonServer:
@@ -371,10 +355,6 @@ class TritonServer:
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the server and its Python-backend stubs."""
-        return process_tree_rss(self.pid) if self.is_running() else 0
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM the server (Triton drains and unloads), SIGKILL it after `timeout`, then its

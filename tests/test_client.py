@@ -27,6 +27,7 @@ pytest.importorskip("tritonclient.grpc")
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pngs import header_only_png  # noqa: E402
+from procs import read_until  # noqa: E402
 
 from ganseg.labels import load_label_png  # noqa: E402
 from ganseg.paths import list_images, output_names  # noqa: E402
@@ -233,17 +234,10 @@ def test_client_serve_stops_its_server_and_stubs_on_sigterm(repo, tmp_path) -> N
                              str(tmp_path / "in"), "--concurrency", "1", "--out", str(tmp_path / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        lines, server_pid = [], None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "started Triton" in line:
-                server_pid = int(line.split("(pid ")[1].split(";")[0])
-            if line.endswith("_mask.png\n"):  # the first result: segmentation is under way
-                break
+        # up to the first result: segmentation is under way
+        lines = read_until(proc, lambda line: line.endswith("_mask.png\n"))
+        started = [line for line in lines if "started Triton" in line]
+        server_pid = int(started[0].split("(pid ")[1].split(";")[0]) if started else None
         assert server_pid is not None and _group_pids(server_pid), "".join(lines)
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
@@ -305,16 +299,7 @@ def test_sigkill_to_ganseg_serve_takes_tritonserver_and_its_stubs_down(repo) -> 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     server_pid = None
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops it" in line:
-                break
-        text = "".join(lines)
+        text = "".join(read_until(proc, lambda line: "Ctrl-C stops it" in line))
         server_pid = int(text.split("ready (pid ")[1].split(")")[0])
         assert len(_group_pids(server_pid)) >= 2, text  # tritonserver and its stubs
         proc.kill()

@@ -14,6 +14,7 @@ from ganseg.checkpoints import load_generator
 from ganseg.evaluate import score_row
 from ganseg.faces import render_faces, split_seeds
 from ganseg.labels import CLASS_NAMES
+from ganseg.heads import head_steps_for
 from ganseg.training import annotator as A
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +62,10 @@ def test_style_mixing_keeps_the_layout_entries(G):
 
 
 def test_head_steps_scale_with_the_shots():
-    assert A.head_steps_for(10, batch=2) == 2000          # each shot seen ~400 times
-    assert A.head_steps_for(5, batch=2) == 1000
-    assert A.head_steps_for(1, batch=1) == 500            # floor
-    assert A.head_steps_for(20, batch=2) > A.head_steps_for(10, batch=2)
+    assert head_steps_for(10, batch=2) == 2000          # each shot seen ~400 times
+    assert head_steps_for(5, batch=2) == 1000
+    assert head_steps_for(1, batch=1) == 500            # floor
+    assert head_steps_for(20, batch=2) > head_steps_for(10, batch=2)
 
 
 def test_autoshot_eval_generated_protocol_end_to_end(tmp_path):

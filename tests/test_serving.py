@@ -26,7 +26,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganseg.errors import UserError
+sys.path.insert(0, str(Path(__file__).parent))
+from procs import read_until  # noqa: E402
+
+from ganseg.errors import UserError  # noqa: E402
 from ganseg.images import decode_rgb, overlay
 from ganseg.pipeline import overlay_jpeg
 from ganseg import pipeline as P
@@ -612,16 +615,7 @@ def test_ganseg_serve_stops_cleanly_on_sigterm(repo) -> None:
                              "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops it" in line:
-                break
-        text = "".join(lines)
+        text = "".join(read_until(proc, lambda line: "Ctrl-C stops it" in line))
         assert "ready (pid" in text, text
         server_pid = int(text.split("ready (pid ")[1].split(")")[0])
         assert httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}").is_server_ready()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ganseg.heads import head_steps_for  # noqa: F401  (the protocol's head recipe; re-exported)
 
 SHOT_SEEDS = tuple(range(10))
 ONE_SHOT_REPEATS = 5

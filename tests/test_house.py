@@ -224,10 +224,15 @@ def test_readme_adopt_commands_are_forms_the_tools_produce() -> None:
         given = dict(kv.split("=", 1) for kv in c.split())
         if "D" in given:
             assert f'"{given["G"]}"' in gpu_pass and f'"{given["D"]}"' in gpu_pass, c  # files a tool writes
-        make = subprocess.run(["make", "-n", "-o", "venv", "adopt", *c.split()], cwd=root, capture_output=True,
-                              text=True, timeout=60)
+        import os
+
+        # run from `make test` too: a nested make adds "Entering/Leaving directory" lines unless told not to
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        make = subprocess.run(["make", "-n", "--no-print-directory", "-o", "venv", "adopt", *c.split()], cwd=root,
+                              capture_output=True, text=True, timeout=60, env=env)
         assert make.returncode == 0, make.stderr
-        argv = make.stdout.strip().splitlines()[-1].split("tools/adopt.py", 1)[1].split()
+        line = next(x for x in make.stdout.splitlines() if "tools/adopt.py" in x)
+        argv = line.split("tools/adopt.py", 1)[1].split()
         want = [given["RUN"]] if "RUN" in given else [given["G"], given["D"]]
         assert argv == [*want, "--budget", given.get("BUDGET", "full")], (c, argv)
 

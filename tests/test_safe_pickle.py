@@ -407,4 +407,6 @@ def test_rosinality_fixture_is_a_torch_checkpoint_not_a_pickle():
 def test_fixture_files_are_small():
     sizes = {p.name: p.stat().st_size for p in FIXTURES.iterdir() if p.is_file()}
     assert all(size < 1_500_000 for size in sizes.values()), sizes
-    assert sum(sizes.values()) < 5_000_000, sizes
+    # 4.1 MB of checkpoint fixtures + the renderer's tolerance pins (render_pins.npz, 1.1 MB, which
+    # replaced CPU-specific hashes): the clone stays small
+    assert sum(sizes.values()) < 6_000_000, sizes

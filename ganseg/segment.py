@@ -97,7 +97,8 @@ def segment_images_invert(G, head, paths: list[str], invert_steps: int = 200, ba
 
 def run(args: argparse.Namespace) -> int:
     from ganseg.labels import palette_for
-    from ganseg.paths import check_out_dir, list_images, output_names
+    from ganseg.images import open_photo
+    from ganseg.paths import check_out_dir, first_frame_note, list_images, output_names
 
     palette = palette_for(256)  # ganseg's colours first, then distinct ones: any class count
     method = args.method or ("invert" if args.head and not args.unet else "unet")
@@ -107,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out)
     paths = [str(p) for p in list_images(args.images, note=print)]  # a note names skipped non-images
     names = output_names(paths)
+    animated = []  # header reads only (`Photo.animated`), as `ganseg client` does before it sends
+    for path in paths:
+        with open_photo(path) as photo:
+            if photo.animated:
+                animated.append(path)
     if method == "unet":
         from ganseg.unet import load_unet
 
@@ -128,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {path} -> {name}_mask.png (another input has the same file name)")
         save_result(out, name, r.mask, r.overlay, palette)  # the writer `ganseg client` uses too
     sheet = save_contact_sheet(out, [r.overlay for r in results])
+    frames = first_frame_note(animated)
+    if frames:  # once per run, not once per file
+        print(frames)
     print(f"{summary}: {out}/NAME_mask.png (indexed PNG, pixel = class index, at each image's size), "
           f"NAME_overlay.jpg (long side <= {PREVIEW_MAX_SIDE} px)" + (f", {sheet.name}" if sheet else ""))
     return 0

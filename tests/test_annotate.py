@@ -471,6 +471,24 @@ def test_fill_beyond_2_24_pixels_is_whole_and_fit_shows_all_of_a_large_image(bro
         saved = load_label_png(folder / "seed0000_mask.png")
         assert np.array_equal(saved, expected), f"{(saved != expected).sum()} pixels differ"
         assert "saved seed0000_mask.png" in page.inner_text("#status")
+        # a brush stroke recolours only what it touched: the 17.6 MP colour layer was rebuilt whole
+        # on every mouse move (a pass of ~0.1-0.3 s per event at 36 MP)
+        before = page.evaluate("window.annotator.layers()")
+        page.keyboard.press("b")
+        page.keyboard.press("1")
+        page.evaluate("window.annotator.setSize(9)")
+        page.evaluate("window.annotator.setView(1, -1950, -1900)")  # 1:1, the stroke's neighbourhood in view
+        drag(page, [(2000.5, 2000.5), (2200.5, 2000.5), (2400.5, 2000.5)], steps=8)
+        wait_saved(page, timeout=120)
+        after = page.evaluate("window.annotator.layers()")
+        assert after["full"] == before["full"], (before, after)
+        assert after["partial"] >= before["partial"] + 2, (before, after)
+        assert after["pixels"] - before["pixels"] < 0.02 * n * n, (before, after)
+        wall = read_labels_json(folder).palette[1]
+        assert page.evaluate("window.annotator.layerPixel(2300, 2000)") == [*map(int, wall), 255]
+        assert page.evaluate("window.annotator.layerPixel(2300, 2100)")[:3] == [*map(int, read_labels_json(folder).palette[2])]
+        saved = load_label_png(folder / "seed0000_mask.png")
+        assert (saved[1997:2004, 2000:2401] == 1).all() and (saved[2100, 2010:2401] == 2).all()
     finally:
         app.close()
     assert not app.errors, app.errors

@@ -342,6 +342,24 @@ def test_folder_inputs_name_the_files_they_skip_in_one_note(tiny, tmp_path, caps
     assert sum(ln.startswith("note: skipped 7 file(s)") for ln in out.splitlines()) == 1, out
 
 
+def test_segment_notes_animated_files_once(tiny, tmp_path, capsys):
+    """`ganseg segment` read an animated GIF/APNG's first frame without a word (`ganseg client` said so)."""
+    folder = tmp_path / "anim"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, fmt in (("a.gif", "GIF"), ("b.png", "PNG")):
+        frames = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(3)]
+        buf = io.BytesIO()
+        frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+        (folder / name).write_bytes(buf.getvalue())
+    photo(folder / "still.png", 24, 20, 3)
+    assert cli("segment", "--unet", tiny["unet"], folder, "--out", tmp_path / "seg") == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if "first frame" in ln]
+    assert len(notes) == 1 and "2 image(s)" in notes[0], notes
+    assert "a.gif" in notes[0] and "b.png" in notes[0] and "still.png" not in notes[0]
+    assert (tmp_path / "seg" / "a_mask.png").is_file()
+
+
 def test_segment_same_names_never_overwrite(tiny, tmp_path, capsys):
     from ganseg.labels import load_label_png
     from ganseg.paths import output_names

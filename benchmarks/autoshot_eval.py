@@ -55,6 +55,7 @@ SHOTS = (1, 5, 10)
 REAL_N = (10, 100, 1000)
 AUTO_METHOD = "auto-shot UNet"
 GENSHOT_METHOD = "supervised UNet on the generated shots"
+SUGGEST_POOL = 32   # generated seeds annotate's Suggest next chooses the second shot from (job suggest)
 
 
 @dataclass
@@ -355,6 +356,35 @@ class Runner:
         self.score_unet(self.unet(f"a1_k{k}_ens", self.with_shots(ds.images, ds.labels, sets[0][1],
                                                                   f"synth_k{k}_ens (ensemble labels)")))
 
+    def suggest(self, pool: int = SUGGEST_POOL) -> None:
+        """What `ganseg annotate`'s Suggest next is worth: after the first shot (seed 0), the proposal
+        ensemble (annotate's own recipe, `ProposeConfig`) ranks generated seeds 1..pool-1 by mean
+        uncertainty; the top one becomes the second shot. Its 2-shot auto-shot UNet (and pixel
+        baseline) is compared with the 2-shot set of the lowest other seed (what a person taking the
+        images in order would annotate next)."""
+        import math as _math
+
+        from ganseg.annotate.propose import ProposeConfig, propose_batch, proposal_head_config
+        from ganseg.headfit import train_head
+        from ganseg.training.annotator import annotate_generated
+
+        path = self.out / "suggest.json"
+        if not path.is_file():
+            first, _, _ = self.shots((0,))
+            pcfg = ProposeConfig()
+            head = train_head(self.G, first, proposal_head_config(pcfg), progress=False)
+            ws, _, _ = annotate_generated(self.G, self.annotator, range(1, pool), truncation_psi=self.cfg.truncation)
+            log_k = _math.log(len(self.names))
+            scores = [float(un.mean()) for i in range(0, len(ws), 8)
+                      for _, un in propose_batch(self.G, head, ws[i: i + 8], first.noise_mode, log_k)]
+            pick = 1 + int(np.argmax(scores))
+            _write_json(path, {"pool": list(range(1, pool)), "scores": scores, "pick": pick,
+                               "in_order": 1 if pick != 1 else 2, "proposal": asdict(pcfg)})
+        doc = json.loads(path.read_text())
+        for tag, seeds in ((f"k2sg{doc['pick']}", (0, doc["pick"])), (f"k2s{doc['in_order']}", (0, doc["in_order"]))):
+            self.auto(tag, seeds, 0)
+            self.genshots(tag, seeds)
+
     def genshots(self, tag: str, seeds: tuple[int, ...]) -> None:
         """The pixel baseline: a UNet on the K annotated generated images alone."""
         _, img, masks = self.shots(seeds)
@@ -494,6 +524,16 @@ class Runner:
             row = self._row(GENSHOT_METHOD, k, "genshots", "generated", [self.out / f"unet_g_{t}" for t, _ in gsets])
             if row:
                 rows.append(row)
+        if (self.out / "suggest.json").is_file():  # job suggest: the second shot by Suggest next vs in order
+            doc = json.loads((self.out / "suggest.json").read_text())
+            final = f"a{self.cfg.self_train + 1}"
+            for kind, tag, what in (("suggest", f"k2sg{doc['pick']}", f"Suggest next's pick (seed {doc['pick']})"),
+                                    ("order", f"k2s{doc['in_order']}", f"seed {doc['in_order']} (in order)")):
+                for prefix, method, fam in ((final, AUTO_METHOD, "auto"), ("g", GENSHOT_METHOD, "genshots")):
+                    row = self._row(f"{method}, 2 shots: seed 0 + {what}", 2, f"{kind}-{fam}", "generated",
+                                    [self.out / f"unet_{prefix}_{tag}"])
+                    if row:
+                        rows.append(row)
         for n in REAL_N:
             row = self._row("supervised UNet", n, "real", "generated", [self.out / f"unet_real_n{n}"],
                             about=f"{n} rendered train photos with exact masks")
@@ -581,6 +621,11 @@ class Runner:
             md += (f"| {k} | {f3(a and a['miou_1000'])} | {f3(o and o['miou_1000'])} | {f3(s and s.get('head_fit'))} | "
                    f"{f3(s and s.get('head_vs_annotator_heldout'))} | {f3(s and s.get('miou_heldout_generated'))} | "
                    f"{f3(s and s['miou_1000'])} | {f3(g and g['miou_1000'])} |\n")
+        sg, so = by.get(("suggest-auto", 2)), by.get(("order-auto", 2))
+        if sg and so:
+            md += (f"\nSuggest next (`ganseg annotate`), 2 shots: auto-shot UNet {sg['miou_1000']:.3f} with the suggested "
+                   f"second shot vs {so['miou_1000']:.3f} with the next seed in order ({sg['method'].split(': ')[1]} vs "
+                   f"{so['method'].split(': ')[1]}; first shot seed 0).\n")
         md += "\nGoals (1000 rendered test images):\n\n" + "".join(
             f"- {k}: {v['value']:.3f} (goal {v['goal']}{', ' + v['class'] if 'class' in v else ''}) — "
             f"{'met' if v['met'] else 'NOT met'}\n" for k, v in results["goals"].items())
@@ -651,6 +696,8 @@ def main() -> None:
                 for tag, seeds in sorted({(t.split("_h")[0], s) for t, s, _ in shot_sets(k, cfg.head_seeds)}):
                     if not only or only == tag:
                         r.genshots(tag, seeds)
+        elif job == "suggest":
+            r.suggest()
         elif job.startswith("mix"):
             r.style_mix_head(int(job[3:]))
         elif job.startswith("whead"):

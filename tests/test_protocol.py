@@ -74,7 +74,8 @@ def test_autoshot_eval_generated_protocol_end_to_end(tmp_path):
     script = [sys.executable, str(ROOT / "benchmarks" / "autoshot_eval.py"), "--out", str(tmp_path / "w")]
     toy = ["--n-test", "3", "--n-test-unet", "4", "--n-heldout", "3", "--invert-steps", "2", "--head-steps", "3",
            "--synth-n", "12", "--unet-steps", "2", "--unet-width", "4", "--head-seeds", "1"]
-    jobs = "annotator,heads,auto1:k1s0,auto10,genshots10,genshots1,oracle,real10,real1000,inv-heads,inv-auto10,table"
+    jobs = ("annotator,heads,auto1:k1s0,auto10,genshots10,genshots1,oracle,real10,real1000,inv-heads,inv-auto10,suggest,"
+            "table")
     r = subprocess.run(script + toy + ["--results", str(tmp_path / "res"), "--jobs", jobs],
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -91,8 +92,14 @@ def test_autoshot_eval_generated_protocol_end_to_end(tmp_path):
     assert all(0 <= row["miou"] <= 1 and set(row["iou"]) == set(res["classes"]) for row in res["rows"])
     assert rows[("generated", "auto-shot UNet", 1)]["n_runs"] == 1  # only k1s0 was asked for
     assert "auto10_minus_genshots10" in res["goals"] and "auto10_lowest_class" in res["goals"]
+    # Suggest next's second shot vs the next seed in order: annotate's ranking picked one of the pool
+    sg = json.loads((tmp_path / "w" / "suggest.json").read_text())
+    assert len(sg["scores"]) == len(sg["pool"]) == 31 and sg["pick"] == 1 + int(np.argmax(sg["scores"]))
+    two = {row["family"]: row for row in res["rows"] if row["shots"] == 2}
+    assert set(two) == {"suggest-auto", "suggest-genshots", "order-auto", "order-genshots"}, set(two)
+    assert f"seed {sg['pick']}" in two["suggest-auto"]["method"]
     md = (tmp_path / "res" / "autoshot_eval.md").read_text()
-    assert "Loss ladder" in md and "NOT met" in md  # a 2-step toy meets nothing
+    assert "Loss ladder" in md and "NOT met" in md and "Suggest next" in md  # a 2-step toy meets nothing
     for f in ("autoshot_overlays.png", "autoshot_miou.png"):
         assert (tmp_path / "res" / f).stat().st_size > 0
     # the students learn from the shots too: the distillation set holds the annotated images

@@ -52,6 +52,28 @@ class Proposal:
     score: float              # mean normalized entropy: Suggest next's key
 
 
+def propose_batch(G, head, w, noise_mode: str, log_k: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(labels uint8 [H, W], normalized entropy float [H, W] in [0, 1]) per latent of `w` [B, L, D]:
+    the proposal and its uncertainty map; the map's mean is Suggest next's key (`Proposer.ranking`,
+    and `benchmarks/autoshot_eval.py`'s suggest job, which measures what that pick is worth)."""
+    import torch
+
+    from ganseg.heads import head_probs
+
+    with torch.no_grad():
+        _, feats = G.synthesize_features(w=w, noise_mode=noise_mode)
+        probs, unc = head_probs(head, feats)
+    return [(p.argmax(0).to(torch.uint8).cpu().numpy(), (u / log_k).clamp(0, 1).cpu().numpy())
+            for p, u in zip(probs, unc)]
+
+
+def proposal_head_config(cfg: "ProposeConfig"):
+    """The head recipe of a proposal: one `train_head` call for an ensemble of `cfg.ensemble` heads."""
+    from ganseg.headfit import HeadTrainConfig
+
+    return HeadTrainConfig(kind=cfg.head, steps=cfg.steps, lr=cfg.lr, ensemble=cfg.ensemble)
+
+
 class Cancelled(Exception):
     """The job was asked to stop (`Proposer.close`)."""
 
@@ -212,8 +234,7 @@ class Proposer:
     def _train_and_predict(self, shots_names: list[str]) -> None:
         import torch
 
-        from ganseg.headfit import HeadTrainConfig, check_shots, train_head
-        from ganseg.heads import head_probs
+        from ganseg.headfit import check_shots, train_head
         from ganseg.latents import load_latents
         from ganseg.shots import load_sampled_shots
 
@@ -225,7 +246,7 @@ class Proposer:
         n, steps = self.cfg.ensemble, self.cfg.steps
         # one train_head call for the ensemble (seeds seed..seed+n-1, as `train-head --ensemble`): the
         # shots' features are computed once; the step hook reports which head is training
-        cfg = HeadTrainConfig(kind=self.cfg.head, steps=steps, lr=self.cfg.lr, ensemble=n)
+        cfg = proposal_head_config(self.cfg)
         cfg.validate(G)
 
         def stage(k: int) -> None:
@@ -246,11 +267,7 @@ class Proposer:
                 self._set("predicting", 0.9 + 0.1 * b / len(todo))
                 chunk = todo[b: b + 8]
                 w = lat["w"][[i for i, _ in chunk]].to(G.device)
-                _, feats = G.synthesize_features(w=w, noise_mode=shots.noise_mode)
-                probs, unc = head_probs(head, feats)
-                for (_, e), p, u in zip(chunk, probs, unc):
-                    lab = p.argmax(0).to(torch.uint8).cpu().numpy()
-                    un = (u / log_k).clamp(0, 1).cpu().numpy()
+                for (_, e), (lab, un) in zip(chunk, propose_batch(G, head, w, shots.noise_mode, log_k)):
                     if lab.shape != (e.height, e.width):  # the image was resized after sampling
                         from PIL import Image
 

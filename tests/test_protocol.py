@@ -85,7 +85,7 @@ def test_autoshot_eval_generated_protocol_end_to_end(tmp_path):
         for m in ("annotator", "oracle", "auto-shot UNet", "supervised UNet on the generated shots"):
             assert ("generated", m, k) in rows, (m, k)
     assert ("generated", "supervised UNet", 10) in rows and ("generated", "supervised UNet", 1000) in rows
-    assert ("inverted", "invert+cnn", 10) in rows
+    assert ("inverted", "invert+mlp", 10) in rows  # the recipe's head kind (AutoshotEvalConfig.head_kind)
     assert ("inverted", "auto-shot UNet (real photos as shots, inverted)", 10) in rows
     auto10 = rows[("generated", "auto-shot UNet", 10)]
     assert {"miou", "miou_1000", "head_fit", "head_vs_annotator_heldout", "miou_heldout_generated"} <= set(auto10)

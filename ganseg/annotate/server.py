@@ -58,7 +58,7 @@ def final_commands(store: ShotStore, proposer: Proposer) -> list[str]:
     if proposed:  # what train-head does with them, said where the person reads the command
         labels += (f"  # uses the {len(store.annotated())} reviewed mask(s); {len(proposed)} unreviewed proposal(s) "
                    f"left out (review them here, or add --include-proposed)")
-    return [f"ganseg train-head --shots {folder}{ckpt} --head cnn --ensemble 3 --out head.safetensors{labels}",
+    return [f"ganseg train-head --shots {folder}{ckpt} --ensemble 3 --out head.safetensors{labels}",
             f"ganseg synthesize{ckpt} --head head.safetensors --n 10000 --out ds/",
             "ganseg train-unet --data ds/ --out unet/"]
 

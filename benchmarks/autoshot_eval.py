@@ -308,13 +308,18 @@ class Runner:
                                                                f"synth_{tag} relabelled by round {r + 1}'s student"))
             self.score_unet(run)
 
-    def weighted_head(self, k: int) -> None:
-        """Ablation: the first head of the row trained with class-weighted cross-entropy, same student."""
+    def weighted_head(self, k: int, only: str = "") -> None:
+        """Ablation: a head of the row (the first, or the one tagged `only`) trained with class-weighted
+        cross-entropy, same student."""
         from ganseg.synthesize import load_synth_dataset
         from ganseg.headfit import HeadTrainConfig, train_head
         from ganseg.heads import load_head, save_head
 
-        tag, seeds, hs = shot_sets(k, self.cfg.head_seeds)[0]
+        sets = shot_sets(k, self.cfg.head_seeds)
+        picked = [s for s in sets if s[0] == only] if only else sets[:1]
+        if not picked:
+            raise SystemExit(f"whead{k}:{only}: no such shot set; use one of {', '.join(s[0] for s in sets)}")
+        tag, seeds, hs = picked[0]
         path = self.out / f"head_{tag}w.safetensors"
         if not path.is_file():
             shots, _, _ = self.shots(seeds)
@@ -706,7 +711,7 @@ def main() -> None:
     d = AutoshotEvalConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", default="all",
-                   help="comma list of annotator, heads, autoK, autoK:TAG, plainK, ensK, wheadK, mixK, genshots, genshotsK, "
+                   help="comma list of annotator, heads, autoK, autoK:TAG, plainK, ensK, wheadK[:TAG], mixK, genshots, genshotsK, "
                         "oracle, realN, inv-heads, inv-autoK, suggest, link:DIR, table, or all")
     p.add_argument("--out", default="runs/autoshot", help="working folder (heads, datasets, UNets)")
     p.add_argument("--results", default=str(RESULTS), help="where the table and figures go")
@@ -740,7 +745,8 @@ def main() -> None:
         elif job.startswith("mix"):
             r.style_mix_head(int(job[3:]))
         elif job.startswith("whead"):
-            r.weighted_head(int(job[5:]))
+            ks, _, only = job[5:].partition(":")
+            r.weighted_head(int(ks), only)
         elif job.startswith("ens"):
             r.ensemble(int(job[3:]))
         elif job.startswith("plain"):

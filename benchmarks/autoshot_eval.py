@@ -100,6 +100,16 @@ def _write_json(path: Path, doc: dict) -> None:
     write_atomic(path, (json.dumps(doc, indent=1) + "\n").encode())
 
 
+def head_ladder(heads: list[dict]) -> dict:
+    """A row's head rungs from its heads' records (`head_TAG.json`): mean fit of their own shots and
+    agreement with the annotator on held-out generated images; {} without records."""
+    if not heads:
+        return {}
+    return {"head_fit": float(np.mean([h["fit"]["miou"] for h in heads])),
+            "head_vs_annotator_heldout": float(np.mean([h["heldout_generated"]["miou"] for h in heads])),
+            "head_steps": heads[0]["steps"], "head_runs": len(heads)}
+
+
 def shot_sets(k: int, head_seeds: int) -> list[tuple[str, tuple[int, ...], int]]:
     """(tag, shot seeds, head seed) of every run behind a K-shot row."""
     from ganseg.training.annotator import ONE_SHOT_REPEATS, SHOT_SEEDS
@@ -374,8 +384,6 @@ class Runner:
         uncertainty; the top one becomes the second shot. Its 2-shot auto-shot UNet (and pixel
         baseline) is compared with the 2-shot set of the lowest other seed (what a person taking the
         images in order would annotate next)."""
-        import math as _math
-
         from ganseg.annotate.propose import ProposeConfig, propose_batch, proposal_head_config
         from ganseg.headfit import train_head
         from ganseg.training.annotator import annotate_generated
@@ -386,7 +394,7 @@ class Runner:
             pcfg = ProposeConfig()
             head = train_head(self.G, first, proposal_head_config(pcfg), progress=False)
             ws, _, _ = annotate_generated(self.G, self.annotator, range(1, pool), truncation_psi=self.cfg.truncation)
-            log_k = _math.log(len(self.names))
+            log_k = math.log(len(self.names))
             scores = [float(un.mean()) for i in range(0, len(ws), 8)
                       for _, un in propose_batch(self.G, head, ws[i: i + 8], first.noise_mode, log_k)]
             pick = 1 + int(np.argmax(scores))
@@ -525,11 +533,7 @@ class Runner:
             sets = shot_sets(k, self.cfg.head_seeds)
             heads = [json.loads((self.out / f"head_{t}.json").read_text()) for t, _, _ in sets
                      if (self.out / f"head_{t}.json").is_file()]
-            ladder = {}
-            if heads:
-                ladder = {"head_fit": float(np.mean([h["fit"]["miou"] for h in heads])),
-                          "head_vs_annotator_heldout": float(np.mean([h["heldout_generated"]["miou"] for h in heads])),
-                          "head_steps": heads[0]["steps"], "head_runs": len(heads)}
+            ladder = head_ladder(heads)
             final = f"a{self.cfg.self_train + 1}"
             variants = [(final, AUTO_METHOD, "auto"),
                         ("a0", "auto-shot UNet, head labels only (no annotated shots in its data)", "ablation"),
@@ -552,10 +556,7 @@ class Runner:
                 oh = [json.loads((self.out / f"head_{t}_{other}.json").read_text()) for t, _, _ in sets
                       if (self.out / f"head_{t}_{other}.json").is_file()]
                 row = self._row(f"auto-shot UNet, {other.upper() if other != 'linear' else other} head", k, "ablation",
-                                "generated", [self.out / f"unet_a1{other}_{t}" for t, _, _ in sets],
-                                **({"head_fit": float(np.mean([h["fit"]["miou"] for h in oh])),
-                                    "head_vs_annotator_heldout": float(np.mean([h["heldout_generated"]["miou"] for h in oh])),
-                                    "head_steps": oh[0]["steps"], "head_runs": len(oh)} if oh else {}))
+                                "generated", [self.out / f"unet_a1{other}_{t}" for t, _, _ in sets], **head_ladder(oh))
                 if row:
                     rows.append(row)
             ens = self._row("auto-shot UNet, teacher = ensemble of the heads, shots 10 %", k, "ablation", "generated",

@@ -93,7 +93,10 @@ function endOp(kind = "reviewed") {
 }
 function changed(s, idx) {
   // idx (sorted changed pixel indices): only the rows between the first and the last are recoloured
-  if (idx && layersFor === s) { const w = S.byName[S.current].width; if (idx.length) markRows(idx[0], idx[idx.length - 1], w); }
+  if (idx && layersFor === s) {
+    const e = S.byName[S.current], w = e.width;
+    if (idx.length) markDirty(e, 0, Math.floor(idx[0] / w), w, Math.floor(idx[idx.length - 1] / w) + 1);
+  }
   else layersFor = null;
   s.edits++; render(); renderList(); scheduleSave();
 }
@@ -201,7 +204,6 @@ function markDirty(e, x0, y0, x1, y1) {
   dirty = dirty ? [Math.min(dirty[0], x0), Math.min(dirty[1], y0), Math.max(dirty[2], x1), Math.max(dirty[3], y1)]
                 : [x0, y0, x1, y1];
 }
-function markRows(first, last, w) { markDirty({width: w, height: Infinity}, 0, Math.floor(first / w), w, Math.floor(last / w) + 1); }
 
 function toPixel(ev) {
   const r = canvas.getBoundingClientRect();
